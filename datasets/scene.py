@@ -1,0 +1,123 @@
+"""The frame bundle every loader returns, and the helpers loaders share.
+
+Conventions (the original's, spec 2.2-2.5):
+- rgb float32 in [0, 1], [N, H, W, 3]; depth float32 metres (z-depth), [N, H, W];
+- poses: camera-to-world 4x4, OpenCV camera axes (x right, y down, z forward);
+- `semantic`: class indices 0..C-1 where 0 is void, from `semantic_classes` (sorted raw ids,
+  `semantic_classes[0]` is the void id 0 whether or not it occurs; the original assumed it
+  occurs, see README "Decisions");
+- `eval_labels` = semantic - 1, so void is -1 (ignored) and valid classes are 0..C-2: the label
+  space of propagation outputs and metrics.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.errors import InputError
+
+
+@dataclass
+class Intrinsics:
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def scaled(self, factor):
+        """Intrinsics for an image down-scaled by an integer factor (pixel centres at integers)."""
+        if factor == 1:
+            return self
+        return Intrinsics(self.fx / factor, self.fy / factor,
+                          (self.cx + 0.5) / factor - 0.5, (self.cy + 0.5) / factor - 0.5)
+
+
+@dataclass
+class Split:
+    ids: List[int]                      # global frame ids (file numbers' positions)
+    rgb: torch.Tensor                   # [N, H, W, 3] float32
+    poses: torch.Tensor                 # [N, 4, 4] float32 camera-to-world
+    semantic: torch.Tensor              # [N, H, W] int64, 0 = void
+    depth: Optional[torch.Tensor] = None      # [N, H, W] float32 metres
+    instance: Optional[torch.Tensor] = None   # [N, H, W] int64, 0 = void
+    features: Optional[object] = None         # datasets.dino_io.DescriptorStore
+
+    def __len__(self):
+        return len(self.ids)
+
+
+@dataclass
+class Scene:
+    name: str
+    root: str
+    height: int
+    width: int
+    intrinsics: Intrinsics
+    train: Split
+    test: Split
+    semantic_classes: np.ndarray          # raw ids, index 0 = void
+    near: float = 0.1
+    far: float = 10.0
+    instance_classes: Optional[np.ndarray] = None
+    colour_map: Optional[np.ndarray] = None   # [C, 3] uint8, row 0 = void
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        return len(self.semantic_classes)
+
+    def eval_labels(self, split, instance=False):
+        """Labels in the evaluation space: void -1, valid classes 0..C-2 (int64 tensor)."""
+        data = split.instance if instance else split.semantic
+        if data is None:
+            raise InputError("--test_instance: this dataset has no instance maps (Replica: "
+                             "semantic_instance/; ScanNet: instance-filt/)")
+        return data - 1
+
+
+def replica_split_ids(total, training_mode=False, step=5):
+    """The original's split, generalised to any frame count: train 0,5,10,..; test = train+2."""
+    if total <= 0:
+        raise InputError("dataset has no frames")
+    train = list(range(0, total, step))
+    test = [i + step // 2 for i in train if i + step // 2 < total]
+    if training_mode or not test:
+        test = [0]
+    return train, test
+
+
+def remap_labels(maps, classes):
+    """Map raw ids to their index in the sorted `classes` array (vectorised lookup)."""
+    lut = np.zeros(int(max(classes.max(), max(int(m.max()) for m in maps))) + 1, dtype=np.int64)
+    lut[classes] = np.arange(len(classes))
+    return [torch.from_numpy(lut[m]) for m in maps]
+
+
+def label_classes(maps):
+    """Sorted unique raw ids over all maps, with void 0 always first."""
+    ids = np.unique(np.concatenate([np.unique(m) for m in maps]))
+    return np.union1d(np.array([0]), ids).astype(np.int64)
+
+
+def resize_image(img, hw, mode):
+    """Resize [H, W, C] or [H, W] float with OpenCV's rules: 'linear' (half-pixel centres,
+    no antialiasing, i.e. INTER_LINEAR) or 'nearest' (floor(dst*scale), INTER_NEAREST)."""
+    if tuple(img.shape[:2]) == tuple(hw):
+        return img
+    t = torch.as_tensor(img)
+    squeeze = t.dim() == 2
+    if squeeze:
+        t = t[..., None]
+    dtype = t.dtype
+    x = t.permute(2, 0, 1)[None].to(torch.float64)
+    if mode == "nearest":
+        y = F.interpolate(x, size=hw, mode="nearest")
+    else:
+        y = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+    y = y[0].permute(1, 2, 0)
+    if not dtype.is_floating_point:
+        y = y.round()
+    y = y.to(dtype)
+    return y[..., 0] if squeeze else y
