@@ -1,0 +1,71 @@
+"""Time one 320x240 view render under engine variants (fused epilogue, chunk size, bf16, compile).
+
+    python bench/render_variants.py
+"""
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import models.nerf as nerf_mod  # noqa: E402
+from bench.nerf_step import random_scene, settings_for  # noqa: E402
+from models.factory import build_renderer  # noqa: E402
+from models.rays import image_rays  # noqa: E402
+
+
+def time_render(renderer, rays, reps=5, autocast=None):
+    times = []
+    for _ in range(reps + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=autocast, enabled=autocast is not None):
+            out = renderer.render_chunked(rays, train=False, keys=("rgb",))
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:]), out["rgb"].float()
+
+
+def main():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dev = torch.device("cuda")
+    s = settings_for("/tmp/rv")
+    r = build_renderer(s, dev).eval()
+    scene = random_scene(2)
+    rays = image_rays(scene.test.poses[0].to(dev), 240, 320, scene.intrinsics, 0.1, 10.0)
+    print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
+    print("| variant | render 320x240 | max |rgb - ref| |")
+    print("|---|---|---|")
+    nerf_mod.FUSED_INFERENCE = False
+    t, ref = time_render(r, rays)
+    print(f"| eager, tf32, netchunk 1M | {t*1e3:.0f} ms | 0 |", flush=True)
+    nerf_mod.FUSED_INFERENCE = True
+    for chunk in (256 * 1024, 1024 * 1024, 4 * 1024 * 1024):
+        r.opts.netchunk = chunk
+        t, out = time_render(r, rays)
+        print(f"| fused epilogue, tf32, netchunk {chunk // 1024}k | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    r.opts.netchunk = 1024 * 1024
+    t, out = time_render(r, rays, autocast=torch.bfloat16)
+    print(f"| fused, bf16 autocast | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t, out = time_render(r, rays)
+    print(f"| fused, fp32 | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        nerf_mod.FUSED_INFERENCE = False
+        r.coarse.forward = torch.compile(r.coarse.forward, dynamic=True)
+        r.fine.forward = torch.compile(r.fine.forward, dynamic=True)
+        t0 = time.perf_counter()
+        time_render(r, rays, reps=1)
+        warm = time.perf_counter() - t0
+        t, out = time_render(r, rays)
+        print(f"| torch.compile (dynamic), tf32 | {t*1e3:.0f} ms (compile {warm:.0f} s) | {(out-ref).abs().max():.2e} |")
+    except Exception as exc:  # compile is optional
+        print(f"| torch.compile | failed: {exc.__class__.__name__} | |")
+
+
+if __name__ == "__main__":
+    main()

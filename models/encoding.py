@@ -1,0 +1,35 @@
+"""Positional encoding gamma(x) = [x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)].
+
+Order and scaling as the original (spec 3.1): the input comes first, then for each frequency
+sin of all coordinates, then cos of all coordinates; xyz is divided by `input_scale` (10 for
+positions) before encoding, and the unencoded term is that scaled input.
+"""
+import torch
+from torch import nn
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, num_freqs, input_dims=3, input_scale=1.0, identity=False):
+        super().__init__()
+        self.identity = identity
+        self.input_scale = float(input_scale)
+        self.input_dims = input_dims
+        freqs = 2.0 ** torch.linspace(0.0, num_freqs - 1, num_freqs) if num_freqs > 0 else torch.zeros(0)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.out_dim = input_dims if identity else input_dims * (1 + 2 * num_freqs)
+
+    def forward(self, x):
+        if self.identity:
+            return x
+        x = x / self.input_scale
+        xb = x[..., None, :] * self.freqs[:, None]                  # [..., L, 3]
+        enc = torch.stack((torch.sin(xb), torch.cos(xb)), dim=-2)   # [..., L, 2, 3]
+        return torch.cat((x, enc.flatten(-3)), dim=-1)
+
+
+def build_encoders(render_cfg):
+    """(position encoder, direction encoder) from the render section (multires, i_embed)."""
+    identity = int(render_cfg.get("i_embed", 0)) == -1
+    pos = PositionalEncoding(int(render_cfg.get("multires", 10)), input_scale=10.0, identity=identity)
+    views = PositionalEncoding(int(render_cfg.get("multires_views", 4)), identity=identity)
+    return pos, views

@@ -1,0 +1,123 @@
+"""The NeRF MLP, with the original's parameter names so checkpoints load both ways (spec 3.2).
+
+    pts_linears.0..7   8 x 256 trunk, ReLU; after layer 4 the encoded position is prepended
+                       ([gamma(x), h], 319-d) and fed to pts_linears.5
+    alpha_linear       256 -> 1     raw density
+    feature_linear     256 -> 256   no activation
+    views_linears.0    (256 + 27) -> 128, ReLU   input [feature, gamma(d)]
+    rgb_linear         128 -> 3     colour logits
+
+Modules are created in the original's order, so `parameters()` (and hence the Adam state in a
+checkpoint) lines up with the original's. `forward` returns the colour logits, the raw density
+and the 128-d input of `rgb_linear` (needed by the closed-form Jacobians and by propagation).
+"""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerTap(NamedTuple):
+    """One affine layer of a forward pass: its input x and its output u = x W^T + b (before any
+    activation). Per-sample parameter gradients are outer products of dL/du with x."""
+    x: torch.Tensor
+    u: torch.Tensor
+
+
+class FieldOutput(NamedTuple):
+    rgb_logits: torch.Tensor   # [..., 3] pre-sigmoid colour
+    sigma_raw: torch.Tensor    # [...]    pre-ReLU density
+    rgb_features: torch.Tensor  # [..., W/2] input of rgb_linear (post-ReLU)
+
+
+FUSED_INFERENCE = True   # switch for benchmarks and the slow-twin test
+
+
+def linear_relu(x, layer):
+    """relu(layer(x)). Without autograd, one GEMM with the bias and ReLU in its epilogue
+    (cuBLASLt on CUDA): the activation is written once instead of three times, which is what
+    bounds rendering speed. Same arithmetic as the eager pair; the tests compare both."""
+    if not FUSED_INFERENCE or torch.is_grad_enabled() or x.dim() < 2:
+        return F.relu(layer(x))
+    flat = torch._addmm_activation(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t())
+    return flat.reshape(*x.shape[:-1], flat.shape[-1])
+
+
+class NeRF(nn.Module):
+    def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,)):
+        super().__init__()
+        self.D, self.W = D, W
+        self.input_ch, self.input_ch_views = input_ch, input_ch_views
+        self.skips = tuple(skips)
+        self.pts_linears = nn.ModuleList(
+            [nn.Linear(input_ch, W)]
+            + [nn.Linear(W + input_ch, W) if i in self.skips else nn.Linear(W, W) for i in range(D - 1)])
+        self.views_linears = nn.ModuleList([nn.Linear(input_ch_views + W, W // 2)])
+        self.feature_linear = nn.Linear(W, W)
+        self.alpha_linear = nn.Linear(W, 1)
+        self.rgb_linear = nn.Linear(W // 2, 3)
+
+    def trunk(self, x_enc):
+        """256-d trunk features of encoded positions [..., input_ch]."""
+        h = x_enc
+        for i, layer in enumerate(self.pts_linears):
+            h = linear_relu(h, layer)
+            if i in self.skips:
+                h = torch.cat((x_enc, h), dim=-1)
+        return h
+
+    def view_bias(self, d_enc):
+        """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
+        return F.linear(d_enc, self.views_linears[0].weight[:, self.W:])
+
+    def head(self, h, view_term):
+        """Colour logits and rgb_linear input from trunk features and a precomputed view term."""
+        v = self.views_linears[0]
+        feature = self.feature_linear(h)
+        h128 = F.relu(F.linear(feature, v.weight[:, :self.W], v.bias) + view_term)
+        return self.rgb_linear(h128), h128
+
+    def forward(self, x_enc, d_enc):
+        """x_enc [..., S, input_ch]; d_enc broadcastable to [..., S, input_ch_views] (e.g. [R, 1, 27]).
+
+        Splitting views_linears.0 into its feature and direction columns computes the same
+        product as the original's concatenation without copying the direction to every sample.
+        """
+        h = self.trunk(x_enc)
+        sigma_raw = self.alpha_linear(h)[..., 0]
+        logits, h128 = self.head(h, self.view_bias(d_enc))
+        return FieldOutput(logits, sigma_raw, h128)
+
+    def forward_taps(self, x_enc, d_enc):
+        """`forward`, plus a LayerTap per affine layer, keyed by parameter prefix (`pts_linears.6`,
+        `alpha_linear`, `feature_linear`, `views_linears.0`, `rgb_linear`), in graph.
+
+        Same values as `forward`. The tap of views_linears.0 has x = [feature, gamma(d)] (the
+        direction broadcast to every sample), matching the layer's full weight.
+        """
+        taps = {}
+        h = x_enc
+        for i, layer in enumerate(self.pts_linears):
+            u = layer(h)
+            taps[f"pts_linears.{i}"] = LayerTap(h, u)
+            h = F.relu(u)
+            if i in self.skips:
+                h = torch.cat((x_enc, h), dim=-1)
+        u_alpha = self.alpha_linear(h)
+        taps["alpha_linear"] = LayerTap(h, u_alpha)
+        feature = self.feature_linear(h)
+        taps["feature_linear"] = LayerTap(h, feature)
+        v = self.views_linears[0]
+        u_view = F.linear(feature, v.weight[:, :self.W], v.bias) + self.view_bias(d_enc)
+        d_full = d_enc.expand(*feature.shape[:-1], d_enc.shape[-1])
+        taps["views_linears.0"] = LayerTap(torch.cat((feature, d_full), dim=-1), u_view)
+        h128 = F.relu(u_view)
+        logits = self.rgb_linear(h128)
+        taps["rgb_linear"] = LayerTap(h128, logits)
+        return FieldOutput(logits, u_alpha[..., 0], h128), taps
+
+    def raw(self, x_enc, d_enc):
+        """The original's output layout [..., 4] = [rgb logits, raw density]."""
+        out = self.forward(x_enc, d_enc)
+        return torch.cat((out.rgb_logits, out.sigma_raw[..., None]), dim=-1)

@@ -1,0 +1,149 @@
+"""Volume rendering and the coarse-to-fine ray renderer (spec 3.3-3.6).
+
+`Renderer` owns the two networks and the encoders; `render_rays` runs the coarse pass on
+stratified samples, places importance samples, runs the fine network on all sorted samples
+and composites both. Training mode means stratified jitter, random importance samples and
+Gaussian noise on the raw density (the original's `raw_noise_std`); evaluation mode is
+deterministic.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.rays import unpack_rays
+from models.samplers import sample_pdf, stratified_z
+
+
+@dataclass
+class RenderOptions:
+    n_samples: int = 64
+    n_importance: int = 128
+    perturb: float = 1.0
+    raw_noise_std: float = 1.0
+    white_bkgd: bool = False
+    chunk: int = 1024 * 1024      # rays per call when rendering images
+    netchunk: int = 1024 * 1024   # points per network call
+
+
+class Composite(NamedTuple):
+    rgb: torch.Tensor       # [B, 3]
+    depth: torch.Tensor     # [B]
+    acc: torch.Tensor       # [B]
+    weights: torch.Tensor   # [B, S]
+
+
+def composite_weights(sigma_raw, z, dir_norm, noise_std=0.0, generator=None):
+    """Rendering weights w_i = alpha_i * prod_{j<i}(1 - alpha_j + 1e-10) (the original's +1e-10).
+
+    sigma_raw, z: [B, S]; dir_norm: [B, 1] (rays are not unit length, so distances are scaled).
+    """
+    dists = z[..., 1:] - z[..., :-1]
+    dists = torch.cat((dists, torch.full_like(dists[..., :1], 1e10)), dim=-1) * dir_norm
+    if noise_std > 0:
+        sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=sigma_raw.device,
+                                                        dtype=sigma_raw.dtype, generator=generator)
+    alpha = 1.0 - torch.exp(-F.relu(sigma_raw) * dists)
+    trans = torch.cumprod(torch.cat((torch.ones_like(alpha[..., :1]), 1.0 - alpha + 1e-10), dim=-1),
+                          dim=-1)[..., :-1]
+    return alpha * trans
+
+
+def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=False, generator=None):
+    w = composite_weights(sigma_raw, z, dir_norm, noise_std, generator)
+    rgb = torch.sum(w[..., None] * torch.sigmoid(rgb_logits), dim=-2)
+    acc = w.sum(-1)
+    if white_bkgd:
+        rgb = rgb + (1.0 - acc[..., None])
+    return Composite(rgb, torch.sum(w * z, dim=-1), acc, w)
+
+
+def disparity(depth, acc):
+    return 1.0 / torch.clamp(depth / acc, min=1e-10)
+
+
+class FineSamples(NamedTuple):
+    """Per-sample quantities of the fine pass that Jacobians and propagation need."""
+    z: torch.Tensor           # [B, S] sorted depths
+    weights: torch.Tensor     # [B, S]
+    rgb_logits: torch.Tensor  # [B, S, 3]
+    features: torch.Tensor    # [B, S, W/2] input of rgb_linear
+    sigma_raw: torch.Tensor   # [B, S] (before noise)
+
+
+class Renderer(nn.Module):
+    def __init__(self, coarse, fine, pos_enc, dir_enc, options: RenderOptions, near=0.1, far=10.0):
+        super().__init__()
+        self.coarse, self.fine = coarse, fine
+        self.pos_enc, self.dir_enc = pos_enc, dir_enc
+        self.opts = options
+        self.near, self.far = near, far
+
+    # -- network evaluation in point chunks --------------------------------------------------
+    def run_field(self, net, pts, viewdirs):
+        """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call."""
+        d_enc = self.dir_enc(viewdirs)[:, None, :]
+        per_call = max(1, self.opts.netchunk // pts.shape[1])
+        if pts.shape[0] <= per_call:
+            return net(self.pos_enc(pts), d_enc)
+        outs = [net(self.pos_enc(pts[i:i + per_call]), d_enc[i:i + per_call])
+                for i in range(0, pts.shape[0], per_call)]
+        return type(outs[0])(*(torch.cat(parts, 0) for parts in zip(*outs)))
+
+    # -- one batch of rays ------------------------------------------------------------------
+    def render_rays(self, rays, train, keep_fine=False, generator=None):
+        """Render rays [B, 11]. Returns a dict with rgb (fine), rgb_coarse, depth, acc, disp,
+        depth_coarse and, if keep_fine, 'fine': FineSamples with graph attached."""
+        o = self.opts
+        origins, dirs, near, far, viewdirs = unpack_rays(rays)
+        dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
+        jitter = train and o.perturb > 0
+        noise = o.raw_noise_std if train else 0.0
+
+        z = stratified_z(near, far, o.n_samples, jitter, generator)
+        pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
+        out_c = self.run_field(self.coarse, pts, viewdirs)
+        comp_c = composite(out_c.rgb_logits, out_c.sigma_raw, z, dir_norm, noise, o.white_bkgd, generator)
+
+        z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
+        z_imp = sample_pdf(z_mid, comp_c.weights[..., 1:-1], o.n_importance,
+                           deterministic=not jitter, generator=generator)
+        z_fine, _ = torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)
+        pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
+        out_f = self.run_field(self.fine, pts, viewdirs)
+        comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,
+                           generator)
+        result = dict(rgb=comp_f.rgb, rgb_coarse=comp_c.rgb, depth=comp_f.depth, acc=comp_f.acc,
+                      depth_coarse=comp_c.depth, disp=disparity(comp_f.depth, comp_f.acc),
+                      sigma_raw_coarse=out_c.sigma_raw, sigma_raw_fine=out_f.sigma_raw)
+        if keep_fine:
+            result["fine"] = FineSamples(z_fine, comp_f.weights, out_f.rgb_logits, out_f.rgb_features,
+                                         out_f.sigma_raw)
+        return result
+
+    @torch.no_grad()
+    def render_chunked(self, rays, train=False, chunk=None, keys=("rgb", "depth", "acc", "disp"),
+                       out_device=None, generator=None):
+        """Render many rays without gradients, `chunk` rays at a time; returns {key: tensor}."""
+        chunk = chunk or self.opts.chunk
+        parts = {k: [] for k in keys}
+        for i in range(0, rays.shape[0], chunk):
+            r = rays[i:i + chunk].to(self.device, non_blocking=True)
+            out = self.render_rays(r, train, generator=generator)
+            for k in keys:
+                parts[k].append(out[k].to(out_device) if out_device is not None else out[k])
+        return {k: torch.cat(v, 0) for k, v in parts.items()}
+
+    @property
+    def device(self):
+        return self.fine.rgb_linear.weight.device
+
+
+def fine_outputs(renderer: Renderer, rays, z_fine):
+    """Re-evaluate the fine network at given depths (used by tests and propagation twins)."""
+    origins, dirs, _, _, viewdirs = unpack_rays(rays)
+    pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
+    return renderer.run_field(renderer.fine, pts, viewdirs)
+
