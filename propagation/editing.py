@@ -1,0 +1,201 @@
+"""--perturb_gradient: scene editing / selection along a clicked pixel's gradient (spec 7.1).
+
+For each of --N_rays pixels of one training view (a random view and random distinct pixels;
+--sample_fixed: view 0 and evenly spaced pixels) the fine rgb_linear.weight is moved by
+t * diag(r, g, b)/255 * J (J: the pixel's Jacobian, t = --perturb_t, r/g/b = --perturb_r/g/b;
+--t_iter sweeps t = 0.00 .. 0.99 with r = g = b = 255) and every test view is rendered with the
+edited weight. **There are --N_rays edits (1024 by default, as the original), each rendering all
+test views: pass --N_rays 1 for a single edit.**
+
+Outputs (the original's layout):
+  <save_dir>/perturbed/            the training view (rgb/depth/disp PNGs), and per edit j
+                                   `<j>_rgb_visualize_perturbed.png` (the pixel in black) and
+                                   `<j>_visualize_perturbed.png` (a white image with a black dot)
+  <save_dir>/unperturbed_test/     the unedited test renders (rgb, depth, disp, vis_depth)
+  <save_dir>/gradient/perturbed_test_<j>/   (with --t_iter: gradient_<0..99>/perturbed_test_<j>/)
+      rgb_<k:03d>.png              the edited render of test view k
+      <k>_rgb_difference.png       the unedited render with pixels whose grey level moved by more
+                                   than 1e-3 set to black
+      <k>_heatmap.png              |grey-level change| (signed with --no_abs) smoothed by a Gaussian
+                                   (sigma 1, 'nearest' border, as scipy.ndimage.gaussian_filter),
+                                   on the viridis ramp between its min and max (utils.colormaps;
+                                   the original drew a seaborn heat map with a colour bar)
+Differences: edits come from one render pass per test view and group of edits (the edited
+colour is exact: only the last layer changes, see responses.py); depth and disparity do not
+change under an rgb_linear edit, so they are written once, in unperturbed_test/; renders are
+deterministic unless --noisy_propagation (then each edit re-renders in training mode).
+"""
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.rays import image_rays
+from propagation.directions import pixel_jacobians
+from propagation.responses import head_colour_deltas, perturbation_matrices, render_chunks
+from training.render_views import write_renders
+from utils.colormaps import depth_to_rgb
+from utils.image_io import to8b, write_png
+from utils.metrics import to_jsonable
+
+GROUP_BYTES = 256 << 20
+
+
+def gaussian_filter_nearest(x, sigma=1.0, truncate=4.0):
+    """scipy.ndimage.gaussian_filter(x, sigma, mode='nearest') for [..., H, W] tensors."""
+    radius = int(truncate * sigma + 0.5)
+    k = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = k / k.sum()
+    shape = x.shape
+    y = x.reshape(-1, 1, shape[-2], shape[-1])
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return y.reshape(shape)
+
+
+def heatmap_image(diff):
+    """[H, W] float -> [H, W, 3] uint8 on the viridis ramp between the map's min and max."""
+    d = np.asarray(diff, dtype=np.float64)
+    lo, hi = float(d.min()), float(d.max())
+    return depth_to_rgb(d, lo, hi if hi > lo else lo + 1.0)
+
+
+def choose_pixels(num_train, hw, n, fixed, rng):
+    """(training view index, [n] flat pixel indices), as the original's sampling_index / sample_fixed."""
+    if fixed:
+        return 0, np.array([int(i * hw / n) for i in range(n)], dtype=np.int64)
+    if n > hw:
+        n = hw
+    return int(rng.integers(num_train)), np.sort(rng.choice(hw, size=n, replace=False))
+
+
+def render_rgb(renderer, rays, chunk, train):
+    return renderer.render_chunked(rays, train=train, chunk=chunk, keys=("rgb", "depth", "disp"))
+
+
+def run_perturb_gradient(settings, scene, renderer, save_dir, rng, ckpt_path, step):
+    from propagation.run import propagation_chunk
+    exp = settings.exp
+    t0 = time.perf_counter()
+    convention = exp.get("convention", "opencv")
+    noisy = bool(exp.get("noisy_propagation"))
+    dev = renderer.device
+    factor = int(settings.render.get_num("test_viz_factor", 1))
+    h, w = scene.height // factor, scene.width // factor
+    intr = scene.intrinsics.scaled(factor)
+    n = int(exp.get("N_rays", 1024))
+    chunk = propagation_chunk(renderer)
+    view, pix = choose_pixels(len(scene.train), h * w, n, bool(exp.get("sample_fixed")), rng)
+    n = len(pix)
+    if exp.get("t_iter"):
+        edits_t, colour = [k / 100.0 for k in range(100)], (255, 255, 255)
+    else:
+        edits_t = [float(exp.get("perturb_t", 0.1))]
+        colour = (int(exp.get("perturb_r", 255)), int(exp.get("perturb_g", 255)), int(exp.get("perturb_b", 255)))
+    total = n * len(edits_t)
+    print(f"[perturb_gradient] {n} pixel(s) of training view {scene.train.ids[view]} x {len(edits_t)} step(s) t "
+          f"= {total} edit(s), each rendering all {len(scene.test)} test views"
+          + (f". NOTE: one edit per sampled pixel (--N_rays {n}); pass --N_rays 1 for a single edit"
+             if n > 1 else ""), flush=True)
+
+    train_rays = image_rays(scene.train.poses[view].to(dev), h, w, intr, scene.near, scene.far, convention)
+    pert_dir = os.path.join(save_dir, "perturbed")
+    out = render_rgb(renderer, train_rays, chunk, noisy)
+    train_rgb = out["rgb"].reshape(h, w, 3).clamp(0, 1).cpu()
+    write_renders(pert_dir, train_rgb[None], out["depth"].reshape(1, h, w).cpu(), out["disp"].reshape(1, h, w).cpu(),
+                  scene.near, scene.far)
+
+    def test_rays(k):
+        return image_rays(scene.test.poses[k].to(dev), h, w, intr, scene.near, scene.far, convention)
+
+    base = [{key: v.cpu() for key, v in render_rgb(renderer, test_rays(k), chunk, noisy).items()}
+            for k in range(len(scene.test))]
+    base_rgb = torch.stack([b["rgb"].reshape(h, w, 3).clamp(0, 1) for b in base])
+    write_renders(os.path.join(save_dir, "unperturbed_test"), base_rgb,
+                  torch.stack([b["depth"].reshape(h, w) for b in base]),
+                  torch.stack([b["disp"].reshape(h, w) for b in base]), scene.near, scene.far)
+
+    jac, _ = pixel_jacobians(renderer, train_rays[torch.as_tensor(pix, device=dev)], noisy, None, chunk)
+    rgb8 = to8b(train_rgb.numpy())
+    for j, p in enumerate(pix.tolist()):
+        marked = rgb8.copy().reshape(-1, 3)
+        marked[p] = 0
+        write_png(os.path.join(pert_dir, f"{j}_rgb_visualize_perturbed.png"), marked.reshape(h, w, 3))
+        dot = np.full(h * w, 255, np.uint8)
+        dot[p] = 0
+        write_png(os.path.join(pert_dir, f"{j}_visualize_perturbed.png"), dot.reshape(h, w))
+
+    edits = [(j, ti) for j in range(n) for ti in range(len(edits_t))]
+    group = max(1, GROUP_BYTES // (h * w * 3 * 4))
+    no_abs = bool(exp.get("no_abs"))
+    pool = ThreadPoolExecutor(max_workers=4)
+    futures = []
+    for g0 in range(0, len(edits), group):
+        chunk_edits = edits[g0:g0 + group]
+        deltas = torch.stack([jac[j] * edits_t[ti] for j, ti in chunk_edits])          # t * J, float64
+        M = perturbation_matrices(deltas, 1.0, colour, dtype=renderer.fine.rgb_linear.weight.dtype, device=dev)
+        for k in range(len(scene.test)):
+            edited = edited_colours(renderer, test_rays(k), M, chunk, noisy)             # [D, N, 3]
+            edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).cpu()
+            for e, (j, ti) in enumerate(chunk_edits):
+                folder = "gradient" if not exp.get("t_iter") else f"gradient_{ti}"
+                path = os.path.join(save_dir, folder, f"perturbed_test_{j}")
+                futures.append(pool.submit(write_edit, path, k, edited[e], base_rgb[k], no_abs))
+    for f in futures:
+        f.result()
+    pool.shutdown()
+    seconds = time.perf_counter() - t0
+    metrics = dict(mode="perturb_gradient", checkpoint=ckpt_path, checkpoint_step=step,
+                   training_view=int(scene.train.ids[view]), pixels=[divmod(int(p), w) for p in pix],
+                   t=edits_t, colour=list(colour), edits=total, test_views=len(scene.test),
+                   deterministic=not noisy, seconds=seconds, outputs=save_dir)
+    with open(os.path.join(save_dir, "metrics.json"), "w") as f:
+        json.dump(to_jsonable(metrics), f, indent=1)
+    print(f"[perturb_gradient] {total} edit(s) x {len(scene.test)} test views in {seconds:.1f} s; outputs in "
+          f"{save_dir}", flush=True)
+    return metrics
+
+
+def edited_colours(renderer, rays, M, chunk, noisy):
+    """[D, N, 3] colours of all rays under each edit M[d] (exact, one render pass; or, with
+    --noisy_propagation, one training-mode re-render per edit)."""
+    d = M.shape[0]
+    if noisy:
+        weight = renderer.fine.rgb_linear.weight
+        saved = weight.detach().clone()
+        outs = []
+        try:
+            for i in range(d):
+                with torch.no_grad():
+                    weight.add_(M[i])
+                outs.append(renderer.render_chunked(rays, train=True, chunk=chunk, keys=("rgb",))["rgb"])
+                with torch.no_grad():
+                    weight.copy_(saved)
+        finally:
+            with torch.no_grad():
+                weight.copy_(saved)
+        return torch.stack(outs)
+    out = torch.empty(d, rays.shape[0], 3, dtype=M.dtype, device=M.device)
+    for i, r in render_chunks(renderer, rays, chunk):
+        delta = head_colour_deltas(r["fine"], M)                                  # [B, D, 3]
+        out[:, i:i + delta.shape[0]] = (r["rgb"][:, None, :] + delta).permute(1, 0, 2)
+    return out
+
+
+def write_edit(path, k, edited, base, no_abs):
+    """Write one edited test view: rgb, rgb_difference, heatmap."""
+    os.makedirs(path, exist_ok=True)
+    write_png(os.path.join(path, f"rgb_{k:03d}.png"), to8b(edited.numpy()))
+    diff = edited.mean(-1) - base.mean(-1)
+    if not no_abs:
+        diff = diff.abs()
+    marked = to8b(base.numpy())
+    marked[(diff > 1e-3).numpy()] = 0
+    write_png(os.path.join(path, f"{k}_rgb_difference.png"), marked)
+    heat = gaussian_filter_nearest(diff.to(torch.float64)).numpy()
+    write_png(os.path.join(path, f"{k}_heatmap.png"), heatmap_image(heat))

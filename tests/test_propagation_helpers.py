@@ -1,0 +1,60 @@
+"""Shared helpers of the propagation tests (no tests here): a tiny renderer, a tiny scene folder
+with a checkpoint, and a single-threaded torch (2 shared CPU cores: oversubscribed BLAS threads
+make tiny matmuls a hundred times slower)."""
+import os
+
+import pytest
+import torch
+
+from datasets.scene import Intrinsics
+from models.encoding import PositionalEncoding
+from models.nerf import NeRF
+from models.rendering import Renderer, RenderOptions
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_renderer(seed=0, width=16, n_samples=8, n_importance=8, dtype=torch.float64):
+    """A small coarse+fine NeRF with random weights and a density bias that makes the compositing
+    weights non-trivial."""
+    gen = torch.Generator().manual_seed(seed)
+    pos, dirs = PositionalEncoding(3, input_scale=10.0), PositionalEncoding(2)
+    coarse = NeRF(8, width, pos.out_dim, dirs.out_dim)
+    fine = NeRF(8, width, pos.out_dim, dirs.out_dim)
+    with torch.no_grad():
+        for net in (coarse, fine):
+            for p in net.parameters():
+                scale = 1.0 / p.shape[-1] ** 0.5 if p.dim() > 1 else 0.1
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+            net.alpha_linear.bias.fill_(0.5)
+            net.rgb_linear.weight.mul_(3.0)
+    r = Renderer(coarse, fine, pos, dirs, RenderOptions(n_samples, n_importance, perturb=1.0, raw_noise_std=1.0),
+                 near=0.5, far=4.0)
+    return r.to(dtype).eval()
+
+
+def tiny_camera(height=6, width=8):
+    intr = Intrinsics(width / 2.0, width / 2.0, (width - 1) / 2.0, (height - 1) / 2.0)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    return pose, intr
+
+
+def write_tiny_checkpoint(config, path, seed=0, extra=()):
+    """A checkpoint of the network the config builds, with random weights (no training)."""
+    from models.factory import build_renderer
+    from training.checkpoints import save_checkpoint
+    from utils.config import parse_settings
+    torch.manual_seed(seed)
+    _, s = parse_settings(["--config_file", config, "--save_dir", os.path.dirname(path), *extra])
+    renderer = build_renderer(s, torch.device("cpu"))
+    with torch.no_grad():
+        renderer.fine.alpha_linear.bias.fill_(0.5)
+        renderer.coarse.alpha_linear.bias.fill_(0.5)
+    return save_checkpoint(path, 1, renderer)
