@@ -39,23 +39,33 @@ def main():
     print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
     print("| variant | render 320x240 | max |rgb - ref| |")
     print("|---|---|---|")
-    nerf_mod.FUSED_INFERENCE = False
+    def set_engine(fused, pad, compose):
+        nerf_mod.FUSED_INFERENCE, nerf_mod.PAD_K, nerf_mod.COMPOSE_HEAD = fused, pad, compose
+
+    set_engine(False, False, False)
     t, ref = time_render(r, rays)
     print(f"| eager, tf32, netchunk 1M | {t*1e3:.0f} ms | 0 |", flush=True)
-    nerf_mod.FUSED_INFERENCE = True
-    for chunk in (256 * 1024, 1024 * 1024, 4 * 1024 * 1024):
-        r.opts.netchunk = chunk
+    for name, eng in (("fused epilogue", (True, False, False)), ("fused + padded K=64", (True, True, False)),
+                      ("fused + composed head", (True, False, True)), ("fused + padded + composed (default)",
+                                                                         (True, True, True))):
+        set_engine(*eng)
         t, out = time_render(r, rays)
-        print(f"| fused epilogue, tf32, netchunk {chunk // 1024}k | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+        print(f"| {name}, tf32 | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    r.opts.netchunk = 4 * 1024 * 1024
+    t, out = time_render(r, rays)
+    print(f"| default, netchunk 4M | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
     r.opts.netchunk = 1024 * 1024
     t, out = time_render(r, rays, autocast=torch.bfloat16)
-    print(f"| fused, bf16 autocast | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    print(f"| default, bf16 autocast | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     t, out = time_render(r, rays)
-    print(f"| fused, fp32 | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
+    print(f"| default, fp32 | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        time_render(r, rays, reps=1)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     try:
-        nerf_mod.FUSED_INFERENCE = False
+        set_engine(False, False, False)
         r.coarse.forward = torch.compile(r.coarse.forward, dynamic=True)
         r.fine.forward = torch.compile(r.fine.forward, dynamic=True)
         t0 = time.perf_counter()

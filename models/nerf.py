@@ -31,14 +31,20 @@ class FieldOutput(NamedTuple):
     rgb_features: torch.Tensor  # [..., W/2] input of rgb_linear (post-ReLU)
 
 
-FUSED_INFERENCE = True   # switch for benchmarks and the slow-twin test
+FUSED_INFERENCE = True   # switch for benchmarks and the slow-twin test (tests/test_fused_inference.py)
+PAD_K = True             # inference: pad the 63-d position input to 64 so every GEMM is tensor-core aligned
+COMPOSE_HEAD = True      # inference: alpha + feature_linear + views_linears.0 as one 256 -> 129 GEMM
+
+
+def _inference(x):
+    return FUSED_INFERENCE and not torch.is_grad_enabled() and x.dim() >= 2
 
 
 def linear_relu(x, layer):
     """relu(layer(x)). Without autograd, one GEMM with the bias and ReLU in its epilogue
     (cuBLASLt on CUDA): the activation is written once instead of three times, which is what
     bounds rendering speed. Same arithmetic as the eager pair; the tests compare both."""
-    if not FUSED_INFERENCE or torch.is_grad_enabled() or x.dim() < 2:
+    if not _inference(x):
         return F.relu(layer(x))
     flat = torch._addmm_activation(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t())
     return flat.reshape(*x.shape[:-1], flat.shape[-1])
@@ -60,12 +66,46 @@ class NeRF(nn.Module):
 
     def trunk(self, x_enc):
         """256-d trunk features of encoded positions [..., input_ch]."""
+        if _inference(x_enc) and PAD_K:
+            return self._trunk_padded(x_enc)
         h = x_enc
         for i, layer in enumerate(self.pts_linears):
             h = linear_relu(h, layer)
             if i in self.skips:
                 h = torch.cat((x_enc, h), dim=-1)
         return h
+
+    def _trunk_padded(self, x_enc):
+        """The trunk without autograd, with the position input zero-padded to a multiple of 8
+        channels (and the weights' matching columns zero-padded): K = 63 and 319 leave cuBLAS's
+        tensor-core kernels unaligned. The padded products are the same sums plus zeros."""
+        c = self.input_ch
+        pad = (-c) % 8
+        x = F.pad(x_enc.reshape(-1, c), (0, pad))
+        h = x
+        for i, layer in enumerate(self.pts_linears):
+            w = layer.weight
+            if i == 0:
+                w = F.pad(w, (0, pad))
+            elif i - 1 in self.skips:
+                w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
+            h = torch._addmm_activation(layer.bias, h, w.t())
+            if i in self.skips:
+                h = torch.cat((x, h), dim=-1)
+        return h.reshape(*x_enc.shape[:-1], h.shape[-1])
+
+    def _composed_head(self, h, view_term):
+        """(sigma_raw, logits, h128) without autograd: feature_linear has no activation, so
+        views_linears.0 after it is one affine map of h; stacked with alpha_linear that is a
+        single 256 -> 129 GEMM instead of three. Equal to the layered head up to rounding."""
+        W = self.W
+        v = self.views_linears[0]
+        vf = v.weight[:, :W]
+        weight = torch.cat((vf @ self.feature_linear.weight, self.alpha_linear.weight), dim=0)
+        bias = torch.cat((vf @ self.feature_linear.bias + v.bias, self.alpha_linear.bias))
+        y = torch.addmm(bias, h.reshape(-1, W), weight.t()).reshape(*h.shape[:-1], W // 2 + 1)
+        h128 = F.relu(y[..., :W // 2] + view_term)
+        return y[..., W // 2], self.rgb_linear(h128), h128
 
     def view_bias(self, d_enc):
         """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
@@ -85,9 +125,16 @@ class NeRF(nn.Module):
         product as the original's concatenation without copying the direction to every sample.
         """
         h = self.trunk(x_enc)
+        if _inference(h) and COMPOSE_HEAD:
+            sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
+            return FieldOutput(logits, sigma_raw, h128)
         sigma_raw = self.alpha_linear(h)[..., 0]
         logits, h128 = self.head(h, self.view_bias(d_enc))
         return FieldOutput(logits, sigma_raw, h128)
+
+    def density(self, x_enc):
+        """Raw density only (the coarse pass of an image render needs nothing else)."""
+        return self.alpha_linear(self.trunk(x_enc))[..., 0]
 
     def forward_taps(self, x_enc, d_enc):
         """`forward`, plus a LayerTap per affine layer, keyed by parameter prefix (`pts_linears.6`,

@@ -93,9 +93,17 @@ class Renderer(nn.Module):
         return type(outs[0])(*(torch.cat(parts, 0) for parts in zip(*outs)))
 
     # -- one batch of rays ------------------------------------------------------------------
-    def render_rays(self, rays, train, keep_fine=False, generator=None):
+    def run_density(self, net, pts):
+        """Raw density of pts [B, S, 3], at most netchunk points a call."""
+        per_call = max(1, self.opts.netchunk // pts.shape[1])
+        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]))
+                          for i in range(0, pts.shape[0], per_call)], 0)
+
+    def render_rays(self, rays, train, keep_fine=False, generator=None, coarse_rgb=True):
         """Render rays [B, 11]. Returns a dict with rgb (fine), rgb_coarse, depth, acc, disp,
-        depth_coarse and, if keep_fine, 'fine': FineSamples with graph attached."""
+        depth_coarse and, if keep_fine, 'fine': FineSamples with graph attached.
+        coarse_rgb=False skips the coarse network's colour head (rgb_coarse is then None): the
+        importance samples need only the coarse density."""
         o = self.opts
         origins, dirs, near, far, viewdirs = unpack_rays(rays)
         dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
@@ -104,8 +112,14 @@ class Renderer(nn.Module):
 
         z = stratified_z(near, far, o.n_samples, jitter, generator)
         pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
-        out_c = self.run_field(self.coarse, pts, viewdirs)
-        comp_c = composite(out_c.rgb_logits, out_c.sigma_raw, z, dir_norm, noise, o.white_bkgd, generator)
+        if coarse_rgb:
+            out_c = self.run_field(self.coarse, pts, viewdirs)
+            sigma_c = out_c.sigma_raw
+            comp_c = composite(out_c.rgb_logits, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
+        else:
+            sigma_c = self.run_density(self.coarse, pts)
+            w_c = composite_weights(sigma_c, z, dir_norm, noise, generator)
+            comp_c = Composite(None, torch.sum(w_c * z, dim=-1), w_c.sum(-1), w_c)
 
         z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
         z_imp = sample_pdf(z_mid, comp_c.weights[..., 1:-1], o.n_importance,
@@ -117,7 +131,7 @@ class Renderer(nn.Module):
                            generator)
         result = dict(rgb=comp_f.rgb, rgb_coarse=comp_c.rgb, depth=comp_f.depth, acc=comp_f.acc,
                       depth_coarse=comp_c.depth, disp=disparity(comp_f.depth, comp_f.acc),
-                      sigma_raw_coarse=out_c.sigma_raw, sigma_raw_fine=out_f.sigma_raw)
+                      sigma_raw_coarse=sigma_c, sigma_raw_fine=out_f.sigma_raw)
         if keep_fine:
             result["fine"] = FineSamples(z_fine, comp_f.weights, out_f.rgb_logits, out_f.rgb_features,
                                          out_f.sigma_raw)
@@ -131,7 +145,7 @@ class Renderer(nn.Module):
         parts = {k: [] for k in keys}
         for i in range(0, rays.shape[0], chunk):
             r = rays[i:i + chunk].to(self.device, non_blocking=True)
-            out = self.render_rays(r, train, generator=generator)
+            out = self.render_rays(r, train, generator=generator, coarse_rgb="rgb_coarse" in keys)
             for k in keys:
                 parts[k].append(out[k].to(out_device) if out_device is not None else out[k])
         return {k: torch.cat(v, 0) for k, v in parts.items()}

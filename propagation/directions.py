@@ -63,7 +63,7 @@ def pixel_jacobians(renderer, rays, train=False, channel=None, chunk=4096, gener
     with torch.no_grad():
         for i in range(0, rays.shape[0], chunk):
             r = rays[i:i + chunk].to(dev)
-            out = renderer.render_rays(r, train, keep_fine=True, generator=generator)
+            out = renderer.render_rays(r, train, keep_fine=True, generator=generator, coarse_rgb=False)
             ch = None
             if channel is not None:
                 ch = torch.as_tensor(channel, device=dev, dtype=torch.long)

@@ -140,7 +140,7 @@ def render_chunks(renderer, rays, chunk, train=False, generator=None):
     with torch.no_grad():
         for i in range(0, rays.shape[0], chunk):
             r = rays[i:i + chunk].to(renderer.device, non_blocking=True)
-            yield i, renderer.render_rays(r, train, keep_fine=True, generator=generator)
+            yield i, renderer.render_rays(r, train, keep_fine=True, generator=generator, coarse_rgb=False)
 
 
 def view_responses(renderer, rays, M, mixers, kind="2d", no_abs=False, chunk=8192, train=False,
@@ -183,7 +183,7 @@ def rerender_responses_2d(renderer, rays, M, mixers, no_abs=False, chunk=8192, t
         parts, depths = [], []
         with torch.no_grad():
             for i in range(0, rays.shape[0], chunk):
-                out = renderer.render_rays(rays[i:i + chunk].to(dev), train, generator=generator)
+                out = renderer.render_rays(rays[i:i + chunk].to(dev), train, generator=generator, coarse_rgb=False)
                 parts.append(out["rgb"])
                 depths.append(out["depth"])
         return torch.cat(parts, 0), torch.cat(depths, 0)

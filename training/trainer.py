@@ -34,7 +34,10 @@ def build_optimizer(renderer, lrate, fix_density=False):
                 p.requires_grad_(False)
                 continue
             params.append(p)
-    return torch.optim.Adam(params, lr=lrate, betas=(0.9, 0.999))
+    # On CUDA the fused kernel: one launch per step instead of a dozen (the shaping step at
+    # N_rays 64 is bound by launches). Same update rule; the state dict has the same layout.
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lrate, betas=(0.9, 0.999), fused=fused or None)
 
 
 def img2mse(x, y):
