@@ -21,5 +21,8 @@ case "${1:-a}" in
     run nerf_step 100 python bench/nerf_step.py
     run shaping_step 100 python bench/shaping_step.py
     run propagation 330 python bench/propagation.py --quiet ;;
+  c)
+    run shaping_step 150 python bench/shaping_step.py --steps 60
+    run nerf_psnr 300 python bench/nerf_step.py --psnr_steps 2000 ;;
 esac
 for f in "$OUT"/*.log; do echo "=== $f"; grep -E '^\||rc=|Error|error' "$f" | tail -40; done

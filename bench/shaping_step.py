@@ -76,11 +76,19 @@ def make_trainer(device, n_rays, args, scene, tmp, shaping=True):
     return Trainer(s, scene, renderer, tmp, shaper=shaper, base_seed=0, log=False)
 
 
-def time_steps(device, precision, n_rays, args, scene, shaping=True):
+def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, host=None):
+    """Median step time; `adam` 'foreach' swaps in the multi-tensor Adam (the default on CUDA is
+    the fused one); `host` (a list) receives the median host time of a step: the time until
+    train_step returns, before the device is synchronised (= the step is launch-bound when it is
+    close to the step time)."""
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(device, n_rays, args, scene, tmp, shaping)
+        if adam == "foreach":
+            params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+            trainer.optimizer = torch.optim.Adam(params, lr=trainer.lrate, betas=(0.9, 0.999), foreach=True)
+        host_times = []
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -89,8 +97,11 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True):
             sync(device)
             t = time.perf_counter()
             trainer.train_step(i)
+            host_times.append(time.perf_counter() - t)
             sync(device)
             times.append(time.perf_counter() - t)
+        if host is not None:
+            host.append(statistics.median(host_times[args.warmup:]))
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         tau = trainer.shaper.tau if shaping else float("nan")
         return statistics.median(times[args.warmup:]), peak, tau
@@ -171,6 +182,17 @@ def main():
             step, peak, tau = time_steps(device, prec, n, args, scene)
             plain_txt = f"{plain * 1e3:.1f} ms" if plain is not None else ""
             print(f"| {n} | {prec} | {plain_txt} | {step * 1e3:.1f} ms | {peak:.0f} MiB | {tau:.3f} |", flush=True)
+    if device.type == "cuda":
+        print("\nN_rays 64, tf32: Adam variant and host (launch) time; a step whose host time is close to its "
+              "total is bound by kernel launches, not by the GPU")
+        print("| Adam | plain step | plain host | shaping step | shaping host |")
+        print("|---|---|---|---|---|")
+        for adam in ("fused", "foreach"):
+            hp, hs = [], []
+            tp = time_steps(device, "tf32", 64, args, scene, shaping=False, adam=adam, host=hp)[0]
+            ts = time_steps(device, "tf32", 64, args, scene, adam=adam, host=hs)[0]
+            print(f"| {adam} | {tp*1e3:.1f} ms | {hp[0]*1e3:.1f} ms | {ts*1e3:.1f} ms | {hs[0]*1e3:.1f} ms |",
+                  flush=True)
     if not args.no_check:
         loss_check(device, args, scene)
 
