@@ -43,7 +43,7 @@ def configure_device(settings):
     device = select_device(settings)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        tf32 = (settings.exp.get("precision") or "fp32") == "tf32"
+        tf32 = (settings.exp.get("precision") or "fp32") in ("tf32", "fp16")
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return device

@@ -21,6 +21,10 @@ case "${1:-a}" in
     run nerf_step 100 python bench/nerf_step.py
     run shaping_step 100 python bench/shaping_step.py
     run propagation 330 python bench/propagation.py --quiet ;;
+  d)
+    run nerf_psnr 240 python bench/nerf_step.py --psnr_steps 2000
+    run propagation 200 python bench/propagation.py --quiet --skip_dense --scaling
+    run oracle 200 python bench/propagation.py --oracle ;;
   c)
     run shaping_step 150 python bench/shaping_step.py --steps 60
     run nerf_psnr 300 python bench/nerf_step.py --psnr_steps 2000 ;;

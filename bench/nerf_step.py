@@ -47,7 +47,8 @@ def settings_for(save_dir, extra=()):
 
 
 def time_step(device, precision, steps, warmup):
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
     with tempfile.TemporaryDirectory() as tmp:
         s = settings_for(tmp)
         scene = random_scene()
@@ -62,6 +63,8 @@ def time_step(device, precision, steps, warmup):
             times.append(time.perf_counter() - t)
         step = statistics.median(times[warmup:])
         renderer.eval()
+        if precision == "fp16":
+            renderer.inference_dtype = torch.float16
         rays = image_rays(scene.test.poses[0].to(device), 240, 320, scene.intrinsics, 0.1, 10.0)
         rtimes = []
         for i in range(1 + max(1, steps // 10)):
@@ -94,7 +97,10 @@ def psnr_run(device, precision, steps, data_dir):
         elapsed = time.perf_counter() - t
         renderer.eval()
         out = render_views(renderer, scene, scene.test, None, progress=False)
-        return out["psnr"], elapsed
+        renderer.inference_dtype = torch.float16 if device.type == "cuda" else None
+        half = render_views(renderer, scene, scene.test, None, progress=False)
+        diff = (half["rgb"].float() - out["rgb"].float()).abs().max().item()
+        return out["psnr"], elapsed, half["psnr"], diff
 
 
 def main():
@@ -106,7 +112,7 @@ def main():
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    precisions = ["fp32", "tf32"] if device.type == "cuda" else ["fp32"]
+    precisions = ["fp32", "tf32", "fp16"] if device.type == "cuda" else ["fp32"]
     print(f"device: {name}; torch {torch.__version__}")
     print("| precision | train step (1024 rays, 64+128) | render 320x240 view | peak GPU memory |")
     print("|---|---|---|---|")
@@ -119,11 +125,13 @@ def main():
             from datasets.synthetic import generate_scene
             generate_scene(data, frames=150, width=320, height=240, seed=0)
         print(f"\nPSNR on the synthetic room test views after {args.psnr_steps} steps")
-        print("| precision | test PSNR | training time |")
-        print("|---|---|---|")
-        for prec in precisions:
-            value, elapsed = psnr_run(device, prec, args.psnr_steps, data)
-            print(f"| {prec} | {value:.2f} dB | {elapsed:.1f} s |", flush=True)
+        print("(each model's test views rendered twice: with its own precision, and with the float16 "
+              "inference engine of --precision fp16)")
+        print("| training precision | test PSNR | training time | test PSNR, fp16 render | max abs(rgb diff) |")
+        print("|---|---|---|---|---|")
+        for prec in precisions[:2]:
+            value, elapsed, half, diff = psnr_run(device, prec, args.psnr_steps, data)
+            print(f"| {prec} | {value:.2f} dB | {elapsed:.1f} s | {half:.2f} dB | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -92,13 +92,15 @@ def sync(device):
 def run_one(kind, flags, scene, device, args, precision="fp32"):
     """One propagation run in a temporary folder; returns (timings dict, label maps [T, H, W])."""
     import cv2
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if device.type == "cuda":      # fp16: tf32 matmuls plus the float16 inference engine
+        torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
+        torch.backends.cudnn.allow_tf32 = precision in ("tf32", "fp16")
     with tempfile.TemporaryDirectory() as tmp:
         s = settings_for(tmp, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
         renderer = build_renderer(s, device)
+        if precision == "fp16" and device.type == "cuda":
+            renderer.inference_dtype = torch.float16
         renderer.eval()
         sync(device)
         t0 = time.perf_counter()
@@ -264,6 +266,14 @@ def oracle_comparison(args):
             assert jnerf_main.main(common + flags + [f"--propagate_{dim}", "--ckpt_path", ckpt, "--save_dir", out]) == 0
             with open(os.path.join(out, "metrics.json")) as f:
                 runs[f"{dim.upper()} {name}"] = json.load(f)
+    if torch.cuda.is_available():   # the shaped checkpoint again through the float16 inference engine
+        half = [a if a != "tf32" else "fp16" for a in common]
+        for dim in ("2d", "3d"):
+            out = os.path.join(shaped, f"propagate_{dim}_fp16")
+            assert jnerf_main.main(half + sparse + ["--load_saved", f"--propagate_{dim}", "--ckpt_path", shaped_ckpt,
+                                                    "--save_dir", out]) == 0
+            with open(os.path.join(out, "metrics.json")) as f:
+                runs[f"{dim.upper()} oracle-shaped, --precision fp16"] = json.load(f)
     psnr = {}
     for k, d in (("plain", plain), ("shaped", shaped)):
         with open(os.path.join(d, "metrics.json")) as f:
@@ -366,9 +376,14 @@ def main(argv=None):
         add(f"{kind.upper()} sparse", t, args.views, 10, prec)
     agree, notes = None, []
     if device.type == "cuda":
+        for kind in ("2d", "3d"):
+            t, lab = quiet(run_one, kind, SPARSE, scene(10, args.views), device, args, "fp16")
+            labels[(kind, "fp16")] = lab
+            add(f"{kind.upper()} sparse", t, args.views, 10, "fp16")
         t, lab = quiet(run_one, "2d", SPARSE, scene(10, args.sub_views), device, args, "fp32")
         add("2D sparse", t, args.sub_views, 10, "fp32")
         agree = float(np.mean(lab == labels[("2d", prec)][:args.sub_views]))
+        agree16 = {k: float(np.mean(labels[(k, "fp16")] == labels[(k, prec)])) for k in ("2d", "3d")}
     if not args.skip_dense:
         for kind in ("2d", "3d"):
             t, _ = quiet(run_one, kind, DENSE, scene(10, args.sub_views), device, args, prec)
@@ -383,6 +398,8 @@ def main(argv=None):
         print("\n" + n)
     if agree is not None:
         print(f"\nLabel agreement tf32 vs fp32 over the first {args.sub_views} views (2D sparse): {agree:.5f}")
+        print(f"Label agreement fp16 engine vs tf32 over {args.views} views: 2D {agree16['2d']:.5f}, "
+              f"3D {agree16['3d']:.5f}")
 
     if args.scaling:
         srows = ["| seeds | 2D test-view pass (s) | 3D test-view pass (s) | 2D per view (ms) | 3D per view (ms) |",

@@ -32,7 +32,10 @@ def build_renderer(settings, device):
     fine = NeRF(int(m.get_num("netdepth_fine", 8)), int(m.get_num("netwidth_fine", 256)),
                 pos_enc.out_dim, dir_enc.out_dim)
     near, far = (float(v) for v in r.get("depth_range", [0.1, 10.0]))
-    return Renderer(coarse, fine, pos_enc, dir_enc, render_options(settings), near, far).to(device)
+    renderer = Renderer(coarse, fine, pos_enc, dir_enc, render_options(settings), near, far).to(device)
+    if settings.exp.get("precision") == "fp16" and torch.device(device).type == "cuda":
+        renderer.inference_dtype = torch.float16
+    return renderer
 
 
 def select_device(settings, args_gpu=None):

@@ -66,8 +66,8 @@ class NeRF(nn.Module):
 
     def trunk(self, x_enc):
         """256-d trunk features of encoded positions [..., input_ch]."""
-        if _inference(x_enc) and PAD_K:
-            return self._trunk_padded(x_enc)
+        if (_inference(x_enc) and PAD_K) or x_enc.dtype != self.pts_linears[0].weight.dtype:
+            return self._trunk_padded(x_enc)   # (the half engine always takes this path)
         h = x_enc
         for i, layer in enumerate(self.pts_linears):
             h = linear_relu(h, layer)
@@ -79,17 +79,17 @@ class NeRF(nn.Module):
         """The trunk without autograd, with the position input zero-padded to a multiple of 8
         channels (and the weights' matching columns zero-padded): K = 63 and 319 leave cuBLAS's
         tensor-core kernels unaligned. The padded products are the same sums plus zeros."""
-        c = self.input_ch
+        c, dt = self.input_ch, x_enc.dtype
         pad = (-c) % 8
         x = F.pad(x_enc.reshape(-1, c), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
-            w = layer.weight
+            w = layer.weight.to(dt)
             if i == 0:
                 w = F.pad(w, (0, pad))
             elif i - 1 in self.skips:
                 w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
-            h = torch._addmm_activation(layer.bias, h, w.t())
+            h = torch._addmm_activation(layer.bias.to(dt), h, w.t())
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)
         return h.reshape(*x_enc.shape[:-1], h.shape[-1])
@@ -98,14 +98,16 @@ class NeRF(nn.Module):
         """(sigma_raw, logits, h128) without autograd: feature_linear has no activation, so
         views_linears.0 after it is one affine map of h; stacked with alpha_linear that is a
         single 256 -> 129 GEMM instead of three. Equal to the layered head up to rounding."""
-        W = self.W
+        W, dt = self.W, h.dtype
         v = self.views_linears[0]
         vf = v.weight[:, :W]
-        weight = torch.cat((vf @ self.feature_linear.weight, self.alpha_linear.weight), dim=0)
-        bias = torch.cat((vf @ self.feature_linear.bias + v.bias, self.alpha_linear.bias))
+        # composed in the weights' precision, then cast once to the activations' (half engine)
+        weight = torch.cat((vf @ self.feature_linear.weight, self.alpha_linear.weight), dim=0).to(dt)
+        bias = torch.cat((vf @ self.feature_linear.bias + v.bias, self.alpha_linear.bias)).to(dt)
         y = torch.addmm(bias, h.reshape(-1, W), weight.t()).reshape(*h.shape[:-1], W // 2 + 1)
-        h128 = F.relu(y[..., :W // 2] + view_term)
-        return y[..., W // 2], self.rgb_linear(h128), h128
+        h128 = F.relu(y[..., :W // 2] + view_term.to(dt))
+        logits = F.linear(h128, self.rgb_linear.weight.to(dt), self.rgb_linear.bias.to(dt))
+        return y[..., W // 2], logits, h128
 
     def view_bias(self, d_enc):
         """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
@@ -125,7 +127,7 @@ class NeRF(nn.Module):
         product as the original's concatenation without copying the direction to every sample.
         """
         h = self.trunk(x_enc)
-        if _inference(h) and COMPOSE_HEAD:
+        if _inference(h) and (COMPOSE_HEAD or h.dtype != self.rgb_linear.weight.dtype):
             sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
             return FieldOutput(logits, sigma_raw, h128)
         sigma_raw = self.alpha_linear(h)[..., 0]
@@ -134,7 +136,8 @@ class NeRF(nn.Module):
 
     def density(self, x_enc):
         """Raw density only (the coarse pass of an image render needs nothing else)."""
-        return self.alpha_linear(self.trunk(x_enc))[..., 0]
+        h = self.trunk(x_enc)
+        return F.linear(h, self.alpha_linear.weight.to(h.dtype), self.alpha_linear.bias.to(h.dtype))[..., 0]
 
     def forward_taps(self, x_enc, d_enc):
         """`forward`, plus a LayerTap per affine layer, keyed by parameter prefix (`pts_linears.6`,

@@ -80,23 +80,40 @@ class Renderer(nn.Module):
         self.pos_enc, self.dir_enc = pos_enc, dir_enc
         self.opts = options
         self.near, self.far = near, far
+        # None: evaluate the field in the parameters' dtype. torch.float16 / bfloat16: the half
+        # inference engine (no-autograd passes only: image renders, propagation); the networks'
+        # outputs are cast back, so compositing and responses stay in float32 (--precision fp16).
+        self.inference_dtype = None
+
+    def _engine_dtype(self):
+        if self.inference_dtype is None or torch.is_grad_enabled():
+            return None
+        return self.inference_dtype
 
     # -- network evaluation in point chunks --------------------------------------------------
     def run_field(self, net, pts, viewdirs):
         """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call."""
         d_enc = self.dir_enc(viewdirs)[:, None, :]
         per_call = max(1, self.opts.netchunk // pts.shape[1])
+        dt = self._engine_dtype()
+
+        def call(p, d):
+            if dt is None:
+                return net(self.pos_enc(p), d)
+            out = net(self.pos_enc(p).to(dt), d)     # d stays float32: the per-ray view term
+            return type(out)(*(t.to(p.dtype) for t in out))
+
         if pts.shape[0] <= per_call:
-            return net(self.pos_enc(pts), d_enc)
-        outs = [net(self.pos_enc(pts[i:i + per_call]), d_enc[i:i + per_call])
-                for i in range(0, pts.shape[0], per_call)]
+            return call(pts, d_enc)
+        outs = [call(pts[i:i + per_call], d_enc[i:i + per_call]) for i in range(0, pts.shape[0], per_call)]
         return type(outs[0])(*(torch.cat(parts, 0) for parts in zip(*outs)))
 
     # -- one batch of rays ------------------------------------------------------------------
     def run_density(self, net, pts):
         """Raw density of pts [B, S, 3], at most netchunk points a call."""
         per_call = max(1, self.opts.netchunk // pts.shape[1])
-        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]))
+        dt = self._engine_dtype() or pts.dtype
+        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]).to(dt)).to(pts.dtype)
                           for i in range(0, pts.shape[0], per_call)], 0)
 
     def render_rays(self, rays, train, keep_fine=False, generator=None, coarse_rgb=True):

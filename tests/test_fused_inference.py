@@ -64,3 +64,36 @@ def test_image_render_without_coarse_colour_equals_full_render(switches):
         assert torch.allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12), k
     full = r.render_rays(rays, train=False)
     assert torch.allclose(full["rgb_coarse"], ref["rgb_coarse"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_engine_follows_the_float32_render(dtype):
+    """--precision fp16: the field runs in half precision without autograd, outputs cast back.
+    The render must stay within half-precision rounding of the float32 render (float16 keeps
+    11 significant bits, bfloat16 8), and passes with autograd must ignore the engine."""
+    from tests.test_propagation_helpers import tiny_renderer
+    r = tiny_renderer(seed=2, width=32, n_samples=16, n_importance=16, dtype=torch.float32)
+    r.opts.netchunk = 200
+    gen = torch.Generator().manual_seed(3)
+    o = torch.randn(50, 3, generator=gen) * 0.2
+    dirs = torch.nn.functional.normalize(torch.randn(50, 3, generator=gen), dim=-1)
+    rays = torch.cat((o, dirs, torch.full((50, 1), 0.5), torch.full((50, 1), 4.0), dirs), 1)
+    ref = r.render_chunked(rays, keys=("rgb", "depth"))
+    with torch.no_grad():
+        field_ref = r.run_field(r.fine, o[:, None, :], dirs)
+    assert ref["depth"].min() > 0.5 and ref["rgb"].std() > 0.01     # a non-trivial render
+    r.inference_dtype = dtype
+    got = r.render_chunked(rays, keys=("rgb", "depth"))
+    tol = 2e-3 if dtype == torch.float16 else 2e-2
+    assert got["rgb"].dtype == torch.float32 and got["depth"].dtype == torch.float32
+    assert (got["rgb"] - ref["rgb"]).abs().max() < tol
+    assert ((got["depth"] - ref["depth"]).abs() / ref["depth"]).max() < tol
+    with torch.no_grad():
+        field = r.run_field(r.fine, o[:, None, :], dirs)
+    assert field.rgb_features.dtype == torch.float32
+    scale = field_ref.rgb_features.abs().max()
+    assert (field.rgb_features - field_ref.rgb_features).abs().max() / scale < tol
+    with torch.enable_grad():           # training passes never use the half engine
+        out = r.render_rays(rays, train=False)
+    assert out["rgb"].requires_grad
+    assert (out["rgb"].detach() - ref["rgb"]).abs().max() < 1e-5

@@ -20,7 +20,7 @@ from utils.errors import InputError
 
 CONFIG = "configs/synthetic_room.yaml"
 DEMO = dict(plain_iters=1200, shape_iters=300, n_rays=512, n_samples=32, n_importance=32, frames=150,
-            width=80, height=60)
+            width=80, height=60, plain_lrate="5e-4")
 
 
 def _stage(title, argv):
@@ -72,7 +72,8 @@ def run_demo(args):
               "--N_samples", str(cfg["n_samples"]), "--N_importance", str(cfg["n_importance"])]
     plain, shaped = os.path.join(root, "plain"), os.path.join(root, "jnerf")
     timings["plain NeRF"] = _stage("plain NeRF", common + [
-        "--save_dir", plain, "--N_rays", str(cfg["n_rays"]), "--N_iters", str(cfg["plain_iters"])])
+        "--save_dir", plain, "--N_rays", str(cfg["n_rays"]), "--N_iters", str(cfg["plain_iters"]),
+        "--lrate", cfg["plain_lrate"]])
     plain_ckpt = os.path.join(plain, "checkpoints", f"{cfg['plain_iters']:06d}.ckpt")
     timings["J-NeRF shaping"] = _stage("Jacobi shaping (the paper's command)", common + [
         "--load_dino", "--load_on_cpu", "--feature_dim", "384", "--save_dir", shaped, "--ckpt_path", plain_ckpt,

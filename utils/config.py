@@ -147,8 +147,9 @@ def build_parser():
     a("--noisy_propagation", action="store_true",
       help="render propagation in training mode (noise, jitter) like the original; default deterministic")
     a("--agg_steps", type=_int_like, default=None, help="aggregator training steps (default 200000)")
-    a("--precision", type=str, default=None, choices=["fp32", "tf32"],
-      help="matmul precision on CUDA (default tf32, see docs/PERFORMANCE.md); CPU is always fp32")
+    a("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16"],
+      help="on CUDA: fp32 (default); tf32 matmuls; fp16 = tf32 for training plus a float16 engine for "
+           "renders and propagation (see docs/PERFORMANCE.md). CPU: always fp32")
     a("--sample_step", type=int, default=None, help="ScanNet frame step (default: experiment.sample_step)")
     a("--demo", action="store_true", help="run the whole pipeline on the built-in synthetic scene")
     return p
