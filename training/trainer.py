@@ -65,6 +65,17 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _to_cpu(obj):
+    """Tensors of a nested dict/list structure moved to the CPU (resume state of a CUDA run)."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 class Trainer:
     def __init__(self, settings, scene, renderer, save_dir, shaper=None, labels=None, frames=None,
                  base_seed=None, log=True):
@@ -100,7 +111,8 @@ class Trainer:
         """Load weights; with `resume` also the optimizer, step and sampler/random state."""
         data = load_checkpoint(ckpt_path, map_location=self.device)
         apply_checkpoint(ckpt_path, data, self.renderer, self.optimizer if resume else None)
-        extra = data.get(EXTRA_KEY) or {}
+        # the checkpoint is mapped to the training device, but RNG states must be CPU ByteTensors
+        extra = _to_cpu(data.get(EXTRA_KEY) or {})
         if self.shaper is not None and "shaper" in extra:
             self.shaper.load_state_dict(extra["shaper"], resume)
         if resume:
