@@ -89,3 +89,8 @@ def test_video_written_or_skipped_with_one_warning(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.count("warning: videos are skipped") == 1
     assert not [p for p in os.listdir(tmp_path) if p != "v.mp4"]
+
+
+def test_to8b_maps_nan_to_zero_and_clips():
+    x = np.array([np.nan, -0.5, 0.0, 0.5, 1.0, 2.0, np.inf])
+    assert to8b(x).tolist() == [0, 0, 0, 127, 255, 255, 255]

@@ -22,8 +22,9 @@ def _as_numpy(x):
 
 
 def to8b(x):
-    """float in [0, 1] -> uint8 (clip, times 255, truncate: the NeRF convention)."""
-    return (255 * np.clip(_as_numpy(x), 0, 1)).astype(np.uint8)
+    """float in [0, 1] -> uint8 (clip, times 255, truncate: the NeRF convention). NaN (the
+    disparity 1 / (depth / acc) of a ray that hits nothing) becomes 0 instead of an undefined cast."""
+    return (255 * np.clip(np.nan_to_num(_as_numpy(x), nan=0.0), 0, 1)).astype(np.uint8)
 
 
 def _png_ready(array):
