@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from datasets.replica import load_feature_store, read_png
-from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, resize_image
+from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from utils.errors import InputError
 
 PAD_ROWS = 2                      # rows of zeros added at the top and at the bottom
@@ -225,11 +225,7 @@ def scannet_split_ids(num_valid, step, training_mode=False):
     """train = 0, step, 2*step, ...; test = train + step // 2 where in range (positions)."""
     if num_valid <= 0:
         raise InputError("ScanNet scene has no frame with a finite pose")
-    train = list(range(0, num_valid, step))
-    test = [i + step // 2 for i in train if i + step // 2 < num_valid]
-    if training_mode or not test:
-        test = [0]
-    return train, test
+    return replica_split_ids(num_valid, training_mode, step)   # the same rule, another step
 
 
 def pad_rows(img):
