@@ -16,6 +16,8 @@ import glob
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,12 +84,9 @@ class ReplicaLoader:
         self.root = root
         self.hw = (int(height), int(width))
         self.training_mode = training_mode
-        self.feature_kind = "lseg" if load_lseg else ("dino" if load_dino else None)
-        self.high_res_dino = high_res_dino
-        self.feature_dim = feature_dim
-        self.feature_dtype = feature_dtype
+        self.features = FeatureOptions.from_flags(load_dino, load_lseg, high_res_dino, feature_dim, feature_dtype,
+                                                  pin_features)
         self.near, self.far = near, far
-        self.pin_features = pin_features
         self.workers = workers
 
     # -- discovery --------------------------------------------------------------------------
@@ -163,7 +162,7 @@ class ReplicaLoader:
             test_inst = torch.stack(remap_labels(test["inst"], inst_classes))
 
         features = None
-        if self.feature_kind:
+        if self.features.kind:
             features = self._load_features([numbers[i] for i in train_ids])
 
         H, W = self.hw
@@ -179,9 +178,27 @@ class ReplicaLoader:
             near=self.near, far=self.far)
 
     def _load_features(self, numbers):
-        return load_feature_store(self.root, numbers, self.hw, self.feature_kind,
-                                  self.high_res_dino, self.feature_dim, self.feature_dtype,
-                                  self.pin_features, self.workers)
+        return self.features.load(self.root, numbers, self.hw, self.workers)
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Which per-frame descriptors a loader reads and how (shared by the Replica and ScanNet
+    loaders): kind 'dino' / 'lseg' / None, --high_res_dino, --feature_dim, storage dtype, pinning."""
+    kind: Optional[str] = None
+    high_res: bool = False
+    dim: int = 384
+    dtype: torch.dtype = torch.float16
+    pin: bool = False
+
+    @classmethod
+    def from_flags(cls, load_dino, load_lseg, high_res_dino, feature_dim, feature_dtype, pin_features):
+        kind = "lseg" if load_lseg else ("dino" if load_dino else None)
+        return cls(kind, high_res_dino, feature_dim, feature_dtype, pin_features)
+
+    def load(self, root, numbers, hw, workers):
+        return load_feature_store(root, numbers, hw, self.kind, self.high_res, self.dim, self.dtype, self.pin,
+                                  workers)
 
 
 def load_feature_store(root, numbers, hw, kind, high_res=False, feature_dim=384,

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from datasets.replica import load_feature_store, read_png
+from datasets.replica import FeatureOptions, read_png
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from utils.errors import InputError
 
@@ -243,12 +243,9 @@ class ScanNetLoader:
         self.hw = (int(height), int(width))
         self.step = int(sample_step)
         self.training_mode = training_mode
-        self.feature_kind = "lseg" if load_lseg else ("dino" if load_dino else None)
-        self.high_res_dino = high_res_dino
-        self.feature_dim = feature_dim
-        self.feature_dtype = feature_dtype
+        self.features = FeatureOptions.from_flags(load_dino, load_lseg, high_res_dino, feature_dim, feature_dtype,
+                                                  pin_features)
         self.near, self.far = near, far
-        self.pin_features = pin_features
         if mode not in LABEL_COLUMNS:
             raise InputError(f"ScanNet label mode {mode!r}: expected one of {', '.join(LABEL_COLUMNS)}")
         self.mode = mode
@@ -342,11 +339,9 @@ class ScanNetLoader:
             test_inst = torch.stack(remap_labels(test["inst"], inst_classes))
 
         features = None
-        if self.feature_kind:
+        if self.features.kind:
             # renders/dino/dino_<k>.pth, k = position in the valid list (as the original)
-            features = load_feature_store(self._p("renders"), train_ids, self.hw, self.feature_kind,
-                                          self.high_res_dino, self.feature_dim, self.feature_dtype,
-                                          self.pin_features, self.workers)
+            features = self.features.load(self._p("renders"), train_ids, self.hw, self.workers)
 
         H, W = self.hw
         poses_t = torch.from_numpy(poses.astype(np.float32))
