@@ -1,32 +1,47 @@
-"""The built-in synthetic scene: a furnished room written in the Semantic-NeRF Replica layout.
+"""The built-in synthetic scenes: furnished rooms written in the Semantic-NeRF Replica layout.
 
 THESE DATA ARE SYNTHETIC. Nothing is downloaded and no network is involved: the images are ray
 cast from simple analytic geometry, and the `dino/` descriptors are NOT produced by a DINO ViT;
 they are random vectors built from the ground-truth labels and the image colours (below), made to
-behave like DINO key descriptors under cosine similarity. Results on this scene test the code;
+behave like DINO key descriptors under cosine similarity. Results on these scenes test the code;
 they say nothing about how the method performs on real images.
 
-    python -m datasets.synthetic --out DIR [--frames 150 --width 80 --height 60 --seed 0 --no_dino]
+    python -m datasets.synthetic --out DIR [--variant 0 --frames 150 --width 80 --height 60 --seed 0 --no_dino]
+
+--variant N picks the room (`datasets/synthetic_variants.py`): 0 (default) the living room below,
+1 a bedroom with a work corner. Bad input (`--out` naming a file, an unknown variant, too small
+a size) stops with one line `error: ...` and exit code 2.
 
 Layout (what `datasets/replica.py` reads): `rgb/rgb_<i>.png` (uint8 RGB), `depth/depth_<i>.png`
 (uint16 millimetres of z-depth), `semantic_class/semantic_class_<i>.png` (uint8 raw class ids,
 0 = void), `semantic_instance/semantic_instance_<i>.png` (uint16, 0 = void), `traj_w_c.txt`
 (row-major camera-to-world 4x4 per line, OpenCV camera axes), `dino/dino_<i>.pth` for every frame
-plus `dino/descriptor_meta.json` (`"model": "synthetic"`), and `scene_info.json` (class names,
-objects, parameters).
+plus `dino/descriptor_meta.json` (`"model": "synthetic"`), `scene_info.json` (variant, class
+names, objects, parameters) and, written last, the completion marker `.complete` (JSON of the
+parameters; `scene_complete(path)` checks it; a run removes it first, so an interrupted run leaves
+none).
 
-Scene (`datasets/synthetic_room.py`, ray cast by `datasets/synthetic_geometry.py`): a 6 x 4 x 3 m room (z up) with striped / noisy walls,
-a checker floor, a ceiling, a rug, a table, four chairs, a sofa with two cushions, a cabinet, two
-vases, a bookshelf, a floor lamp, two plants, a bin, a picture, and a window that is void
-(class 0). Class ids are sparse Replica ids (wall 93, floor 40, chair 20, ...). Shading is
-diffuse (ambient + point lights), so colours do not depend on the view direction.
+Variant 0 (`datasets/synthetic_room.py`, ray cast by `datasets/synthetic_geometry.py`): a
+6 x 4 x 3 m room (z up) with striped / noisy walls, a checker floor, a ceiling, a rug, a table,
+four chairs, a sofa with two cushions, a cabinet, two vases, a bookshelf, a floor lamp, two
+plants, a bin, a picture, and a window that is void (class 0). Class ids are sparse Replica ids
+(wall 93, floor 40, chair 20, ...). The path is one smooth loop (an ellipse around the table at
+1.3-1.7 m height, looking across the room with a swinging yaw and pitch); frame 0 looks along -x
+and sees most of the furniture.
 
-Camera: pinhole, hfov 90 deg: fx = fy = W/2, cx = (W-1)/2, cy = (H-1)/2; pixel (u, v) looks along
-R_wc ((u-cx)/fx, (v-cy)/fy, 1), so the ray parameter of a hit is its z-depth. Depth and labels
-come from the pixel-centre ray; pixels on an object or colour edge get the mean colour of
-ss x ss sub-pixel rays (anti-aliasing, ss odd, default 3), the others the centre's. The path is
-one smooth loop (an ellipse around the table at 1.3-1.7 m height, looking across the room with a
-swinging yaw and pitch); frame 0 looks along -x and sees most of the furniture.
+Variant 1 (`datasets/synthetic_bedroom.py`): a 5 x 4.4 x 2.7 m bedroom with diamond wallpaper,
+painted walls and a plank floor; a bed with a blanket and two pillows, two nightstands, a table
+lamp, a wardrobe, a desk with two monitors, a keyboard and an office chair, a rug, a plant, a
+bin, two pictures, curtains, a door and a void window. It shares wall, floor, ceiling, chair,
+lamp, picture, rug, plant, bin and void with variant 0 (same ids); the other classes are new.
+The path is a clockwise ellipse at 1.4-1.7 m looking across the room; frame 0 looks at the bed.
+
+Both: shading is diffuse (ambient + point lights), so colours do not depend on the view
+direction. Camera: pinhole, hfov 90 deg: fx = fy = W/2, cx = (W-1)/2, cy = (H-1)/2; pixel (u, v)
+looks along R_wc ((u-cx)/fx, (v-cy)/fy, 1), so the ray parameter of a hit is its z-depth. Depth
+and labels come from the pixel-centre ray; pixels on an object or colour edge get the mean colour
+of ss x ss sub-pixel rays (anti-aliasing, ss odd, default 3), the others the centre's
+(`datasets/synthetic_render.py`).
 
 Descriptors ("DINO-like", `datasets/synthetic_descriptors.py`), 384 channels on a coarse grid of
 about H/2.7 x W/2.7 cells (22 x 30 for 60 x 80; 89 x 119 for 240 x 320, as real DINO at load size
@@ -48,98 +63,33 @@ import time
 
 import numpy as np
 
-from datasets import synthetic_geometry as geo
 from datasets.synthetic_descriptors import DIM, DescriptorModel, descriptor_similarity, grid_shape
-from datasets.synthetic_room import CLASS_NAMES, build_room
+from datasets.synthetic_render import edge_pixels, look_at, pixel_directions, render_frame
+from datasets.synthetic_variants import VARIANTS
 from utils.errors import InputError
 
+__all__ = ["generate_scene", "scene_complete", "camera_poses", "render_frame", "look_at", "pixel_directions",
+           "edge_pixels", "grid_shape", "descriptor_similarity", "VARIANTS", "main"]
+
 DEFAULT_FRAMES, DEFAULT_WIDTH, DEFAULT_HEIGHT = 150, 80, 60
+COMPLETE_MARKER = ".complete"
 
 
-# ------------------------------------------------------------------------------------------------
-# camera
-# ------------------------------------------------------------------------------------------------
-def look_at(eye, target, up=(0.0, 0.0, 1.0)):
-    """Camera-to-world 4x4 with OpenCV axes (x right, y down, z forward) looking at target."""
-    z = np.asarray(target, float) - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([x, y, z], 1)
-    pose[:3, 3] = eye
-    return pose
+def camera_poses(frames, variant=0):
+    """[frames, 4, 4] camera-to-world poses of the variant's closed camera path."""
+    return VARIANTS[variant].poses(frames)
 
 
-def camera_poses(frames):
-    """[frames, 4, 4] camera-to-world poses: one closed loop around the room's centre."""
-    poses = []
-    for i in range(frames):
-        th = 2 * np.pi * i / frames
-        eye = np.array([0.2 + 2.1 * np.cos(th), 1.15 * np.sin(th), 1.5 + 0.2 * np.sin(2 * th)])
-        look = th + 0.45 * np.sin(2 * th)           # yaw swing around "across the room"
-        target = np.array([0.2 - 1.3 * np.cos(look), -0.8 * np.sin(look),
-                           0.55 + 0.25 * np.sin(3 * th)])
-        poses.append(look_at(eye, target))
-    return np.stack(poses)
-
-
-def pixel_directions(height, width, offsets=((0.0, 0.0),), pixels=None):
-    """Camera-frame directions [P, S, 3] (z = 1) of sub-pixel samples (dv, du) of the pixels
-    `pixels` (flat row-major indices; default all, in row-major order)."""
-    fx = fy = width / 2.0
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    if pixels is None:
-        pixels = np.arange(height * width)
-    v, u = np.divmod(pixels, width)
-    off = np.asarray(offsets, float)
-    vv = v[:, None] + off[None, :, 0]
-    uu = u[:, None] + off[None, :, 1]
-    return np.stack([(uu - cx) / fx, (vv - cy) / fy, np.ones_like(uu)], -1)
-
-
-def _shade_rays(room, pose, dirs):
-    d = dirs.reshape(-1, 3) @ pose[:3, :3].T
-    o = pose[:3, 3]
-    hits = geo.cast(room, o, d)
-    col, nrm, emissive, p = geo.surface(room, o, d, hits)
-    return geo.shade(room, col, nrm, emissive, p), hits
-
-
-def edge_pixels(obj, rgb, contrast=0.05):
-    """[H, W] bool: pixels whose object or colour differs from a 4-neighbour (both sides marked)."""
-    mask = np.zeros(obj.shape, bool)
-    for ax in (0, 1):
-        a = [slice(None)] * 2
-        b = [slice(None)] * 2
-        a[ax], b[ax] = slice(1, None), slice(None, -1)
-        diff = (obj[tuple(a)] != obj[tuple(b)]) | (np.abs(rgb[tuple(a)] - rgb[tuple(b)]).max(-1) > contrast)
-        mask[tuple(a)] |= diff
-        mask[tuple(b)] |= diff
-    return mask
-
-
-def render_frame(room, pose, height, width, ss=3):
-    """Ray cast one view. Returns rgb float32 [H, W, 3] in [0, 1], z-depth [H, W] (metres) and
-    the object index [H, W] (into room.all_objects), depth and labels from the centre rays.
-
-    Anti-aliasing (ss > 1, odd): pixels on an object or colour edge (`edge_pixels`) get the mean
-    colour of an ss x ss grid of sub-pixel rays (centre included); the others keep the centre's.
-    """
-    rgb, hits = _shade_rays(room, pose, pixel_directions(height, width))
-    depth = hits.t.reshape(height, width)
-    obj = hits.obj.reshape(height, width)
-    rgb = rgb.reshape(height, width, 3)
-    if ss > 1:
-        idx = np.nonzero(edge_pixels(obj, rgb).ravel())[0]
-        off = (np.arange(ss) - (ss - 1) / 2) / ss
-        offsets = [(dv, du) for dv in off for du in off if (dv, du) != (0.0, 0.0)]
-        if len(idx):
-            sub, _ = _shade_rays(room, pose, pixel_directions(height, width, offsets, idx))
-            flat = rgb.reshape(-1, 3)
-            flat[idx] = (flat[idx] + sub.reshape(len(idx), len(offsets), 3).sum(1)) / (ss * ss)
-    return rgb.astype(np.float32), depth, obj
+def scene_complete(path, **expected):
+    """True iff `path` holds a fully written scene: its completion marker exists (it is written
+    last) and records every given parameter, e.g. scene_complete(p, variant=1, frames=50)."""
+    marker = os.path.join(path, COMPLETE_MARKER)
+    try:
+        with open(marker) as f:
+            params = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(params, dict) and all(params.get(k) == v for k, v in expected.items())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,11 +106,11 @@ def _init_pool_worker(*args):
     _init_worker(*args)
 
 
-def _init_worker(out_dir, frames, height, width, seed, dino, ss, stat_pixels):
-    room = build_room(seed)
+def _init_worker(out_dir, frames, height, width, seed, dino, ss, stat_pixels, variant):
+    room = VARIANTS[variant].build(seed)
     objs = room.all_objects
     _STATE.update(out_dir=out_dir, height=height, width=width, seed=seed, ss=ss, room=room,
-                  poses=camera_poses(frames),
+                  poses=camera_poses(frames, variant),
                   model=DescriptorModel(room, seed) if dino else None, stat_pixels=stat_pixels,
                   class_lut=np.array([ob.class_id for ob in objs]),
                   inst_lut=np.array([ob.instance_id for ob in objs]))
@@ -199,37 +149,63 @@ def _clear_old(out_dir):
     for folder, prefix, ext in _FOLDERS:
         for path in glob.glob(os.path.join(out_dir, folder, f"{prefix}_*{ext}")):
             os.remove(path)
-    meta = os.path.join(out_dir, "dino", "descriptor_meta.json")
-    if os.path.exists(meta):
-        os.remove(meta)
+    for path in (os.path.join(out_dir, "dino", "descriptor_meta.json"), os.path.join(out_dir, "scene_info.json"),
+                 os.path.join(out_dir, COMPLETE_MARKER + ".tmp")):
+        if os.path.exists(path):
+            os.remove(path)
     if os.path.isdir(os.path.join(out_dir, "dino")) and not os.listdir(os.path.join(out_dir, "dino")):
         os.rmdir(os.path.join(out_dir, "dino"))
 
 
-def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT, seed=0,
-                   dino=True, supersample=3, workers=None, stats=True):
-    """Write the synthetic room to `out_dir` (Replica layout) and return a summary dict.
+def _prepare_out(out_dir):
+    """Create `out_dir` (InputError if it is a file or cannot be made) and drop its marker."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out {out_dir} is a file, not a folder (name a new or existing folder)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    marker = os.path.join(out_dir, COMPLETE_MARKER)
+    if os.path.lexists(marker):
+        os.remove(marker)
 
-    Deterministic for a given (frames, width, height, seed, supersample): the same files byte
-    for byte, whatever `workers`. Old frame files in `out_dir` are removed first.
+
+def _write_marker(out_dir, params):
+    """Write the completion marker atomically (a temporary file renamed into place)."""
+    tmp = os.path.join(out_dir, COMPLETE_MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(params, f, sort_keys=True)
+    os.replace(tmp, os.path.join(out_dir, COMPLETE_MARKER))
+
+
+def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT, seed=0,
+                   dino=True, supersample=3, workers=None, stats=True, variant=0):
+    """Write synthetic room `variant` to `out_dir` (Replica layout) and return a summary dict.
+
+    Deterministic for a given (variant, frames, width, height, seed, supersample): the same files
+    byte for byte, whatever `workers`. The completion marker and old frame files in `out_dir` are
+    removed first; the marker is written last.
     workers: processes (default: 1 for small scenes, else up to the CPU count).
     stats: measure descriptor cosine statistics on a pixel sample of the training frames.
     """
     from datasets import dino_io
+    if variant not in VARIANTS:
+        known = ", ".join(f"{k} ({v.name})" for k, v in sorted(VARIANTS.items()))
+        raise InputError(f"--variant {variant}: unknown variant (known: {known})")
     if frames < 1 or width < 8 or height < 8:
         raise InputError(f"--frames {frames} --width {width} --height {height}: need at least one "
                          "frame of at least 8 x 8 pixels")
     if supersample < 1 or supersample % 2 == 0:
         raise InputError(f"--supersample {supersample}: must be odd (labels come from the centre ray)")
     t0 = time.time()
-    os.makedirs(out_dir, exist_ok=True)
+    _prepare_out(out_dir)
     _clear_old(out_dir)
     for folder, _, _ in _FOLDERS:
         if folder != "dino" or dino:
             os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-    poses = camera_poses(frames)
+    poses = camera_poses(frames, variant)
     np.savetxt(os.path.join(out_dir, "traj_w_c.txt"), poses.reshape(frames, 16), fmt="%.9f")
-    room = build_room(seed)
+    room = VARIANTS[variant].build(seed)
     rows, cols = grid_shape(height, width)
     if dino:
         dino_io.write_meta(os.path.join(out_dir, "dino"), dict(
@@ -238,7 +214,7 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
                  "vectors with noise), not from a DINO network"))
     n_train = len(range(0, frames, 5))
     stat_pixels = int(np.ceil(3000 / n_train)) if (stats and dino) else 0
-    args = (out_dir, frames, height, width, seed, dino, supersample, stat_pixels)
+    args = (out_dir, frames, height, width, seed, dino, supersample, stat_pixels, variant)
     if workers is None:
         workers = 1 if frames * width * height <= 2_000_000 else min(4, os.cpu_count() or 1)
     if workers <= 1:
@@ -254,9 +230,11 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
             for k, v in env.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
-    summary = _summarise(room, results, frames, width, height, seed, dino, supersample, (rows, cols))
+    summary = _summarise(room, variant, results, frames, width, height, seed, dino, supersample, (rows, cols))
     with open(os.path.join(out_dir, "scene_info.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    _write_marker(out_dir, dict(variant=variant, frames=frames, width=width, height=height, seed=seed,
+                                dino=dino, supersample=supersample))
     summary["out_dir"] = os.path.abspath(out_dir)
     if stat_pixels:
         f, c, i = (np.concatenate([r["sample"][k] for r in results if "sample" in r]) for k in range(3))
@@ -265,33 +243,36 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
     return summary
 
 
-def _summarise(room, results, frames, width, height, seed, dino, ss, grid):
+def _summarise(room, variant, results, frames, width, height, seed, dino, ss, grid):
     classes = sorted({c for r in results for c in r["classes"]})
     f0 = results[0]
     f0_inst = [k for k in f0["instances"] if k != 0]
     objs = {ob.instance_id: ob for ob in room.all_objects}
+    names = room.class_names
     per_class = {}
     for k in f0_inst:
-        per_class.setdefault(CLASS_NAMES[objs[k].class_id], []).append(k)
+        per_class.setdefault(names[objs[k].class_id], []).append(k)
     return dict(
         synthetic=True, note="SYNTHETIC scene and descriptors written by datasets/synthetic.py",
+        variant=variant, room=room.name,
         frames=frames, width=width, height=height,
         seed=seed, supersample=ss, dino=dino, dino_grid=list(grid) if dino else None,
-        classes={int(c): CLASS_NAMES[c] for c in classes},
+        classes={int(c): names[c] for c in classes},
         objects=[dict(name=ob.name, class_id=ob.class_id, instance_id=ob.instance_id)
                  for ob in room.all_objects],
         depth_range=[min(r["depth_range"][0] for r in results), max(r["depth_range"][1] for r in results)],
         frame0=dict(classes=[int(c) for c in f0["classes"]],
-                    class_names=[CLASS_NAMES[c] for c in f0["classes"]],
+                    class_names=[names[c] for c in f0["classes"]],
                     instances=len(f0_inst), instances_per_class={k: len(v) for k, v in per_class.items()}),
         intrinsics=dict(fx=width / 2.0, fy=width / 2.0, cx=(width - 1) / 2.0, cy=(height - 1) / 2.0))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=(
-        "Write the built-in SYNTHETIC furnished room in the Replica (Semantic-NeRF) layout, "
+        "Write a built-in SYNTHETIC furnished room in the Replica (Semantic-NeRF) layout, "
         "with synthetic DINO-like descriptors."))
     ap.add_argument("--out", required=True, help="output folder (the dataset_dir)")
+    ap.add_argument("--variant", type=int, default=0, help="room: 0 living room (default), 1 bedroom")
     ap.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
     ap.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     ap.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
@@ -303,9 +284,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         summary = generate_scene(a.out, a.frames, a.width, a.height, a.seed, not a.no_dino,
-                                 a.supersample, a.workers, stats=not a.no_stats)
+                                 a.supersample, a.workers, stats=not a.no_stats, variant=a.variant)
     except InputError as exc:
-        ap.error(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "objects"}, indent=1))
     return 0
 

@@ -1,16 +1,14 @@
-"""SYNTHETIC "DINO-like" descriptors of the built-in room (see `datasets/synthetic.py`).
+"""SYNTHETIC "DINO-like" descriptors of the built-in rooms (see `datasets/synthetic.py`).
 
 These are NOT produced by a DINO network. Per pixel,
     f(p) = A m + B c[class(p)] + C o[object(p)] + L(colour features of p)
 with m a shared "mean" direction (unrelated things still have cosine ~0.3-0.5), c a unit vector
-per class (look-alike classes, `synthetic_room.CLASS_FAMILIES`, share part of theirs), o a unit
+per class (look-alike classes, the room's `families`, share part of theirs), o a unit
 vector per object and L a fixed random linear map of [2 (rgb - 0.5), cos(rgb B + phi)]. A grid
 cell is the area average of f over its footprint (two strides wide, like overlapping ViT patches,
 so boundaries mix) plus Gaussian noise drawn per frame and cell. 384 channels, float32.
 """
 import numpy as np
-
-from datasets.synthetic_room import CLASS_FAMILIES
 
 DIM = 384
 # Descriptor mixture (weights of unit vectors; squares are energy fractions).
@@ -46,9 +44,10 @@ class DescriptorModel:
         objs = room.all_objects
         class_ids = sorted({ob.class_id for ob in objs})
         own = dict(zip(class_ids, _unit(rng, len(class_ids))))
-        fam = dict(zip(sorted(CLASS_FAMILIES), _unit(rng, len(CLASS_FAMILIES))))
+        families = room.families
+        fam = dict(zip(sorted(families), _unit(rng, len(families))))
         cvec = dict(own)
-        for name, (members, share) in CLASS_FAMILIES.items():
+        for name, (members, share) in families.items():
             for c in members:
                 v = np.sqrt(share) * fam[name] + np.sqrt(1 - share) * own[c]
                 cvec[c] = v / np.linalg.norm(v)
@@ -86,7 +85,7 @@ class DescriptorModel:
 
 
 def adaptive_threshold_run(feats, labels, steps=200, n_rays=64, tau=0.8, seed=0):
-    """Run the original's per-anchor adaptive threshold (spec 4.3) on random batches of pixels.
+    """Run the original's per-anchor adaptive threshold on random batches of pixels.
 
     Returns the final tau, the mean fraction of positives per anchor and the fraction of
     positive pairs (self excluded) whose labels agree."""

@@ -1,11 +1,12 @@
-"""Analytic ray casting for the built-in synthetic room (see `datasets/synthetic.py`).
+"""Analytic ray casting for the built-in synthetic rooms (see `datasets/synthetic.py`).
 
-SYNTHETIC scene. World frame: metres, z up. The room is the box ROOM_LO..ROOM_HI seen from inside;
-furniture is made of parts (boxes, vertical cylinders, ellipsoids) in an object frame (position +
-yaw about z). Rays are cast with numpy, vectorised over rays: `cast` returns the first hit of
-every ray (t, object, part); `surface` gives the hit point, normal and albedo of the winners;
-`shade` applies view-independent diffuse lighting. With ray directions d = R_wc dc and
-dc = ((u-cx)/fx, (v-cy)/fy, 1), the ray parameter t of a hit is its z-depth.
+SYNTHETIC scene. World frame: metres, z up. A room is the box room.lo..room.hi seen from inside
+(ROOM_LO..ROOM_HI for variant 0); furniture is made of parts (boxes, vertical cylinders,
+ellipsoids) in an object frame (position + yaw about z). Rays are cast with numpy, vectorised
+over rays: `cast` returns the first hit of every ray (t, object, part); `surface` gives the hit
+point, normal and albedo of the winners; `shade` applies view-independent diffuse lighting. With
+ray directions d = R_wc dc and dc = ((u-cx)/fx, (v-cy)/fy, 1), the ray parameter t of a hit is its
+z-depth.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Tuple
@@ -140,12 +141,12 @@ def _t_ellipsoid(o, d, inv, part):
 _T = {"box": lambda o, d, inv, p: _t_box(o, d, inv, p.a, p.b), "cyl": _t_cyl, "ellipsoid": _t_ellipsoid}
 
 
-def _room_exit(o, d, inv):
-    """t and face index where rays from inside the room leave it."""
+def _room_exit(o, d, inv, lo=ROOM_LO, hi=ROOM_HI):
+    """t and face index where rays from inside the box lo..hi leave it."""
     t = face = None
     for ax in range(3):
         pos = d[ax] > 0
-        ta = np.where(pos, (ROOM_HI[ax] - o[ax]) * inv[ax], (ROOM_LO[ax] - o[ax]) * inv[ax])
+        ta = np.where(pos, (hi[ax] - o[ax]) * inv[ax], (lo[ax] - o[ax]) * inv[ax])
         fa = 2 * ax + pos
         if t is None:
             t, face = ta, fa
@@ -166,7 +167,7 @@ def cast(room, o, d):
     """First hits of rays o + t d (o [3], d [M, 3]) against the room and its furniture."""
     d = np.ascontiguousarray(np.asarray(d, np.float64).T)
     inv = 1.0 / _safe(d)
-    t, face = _room_exit(o, d, inv)
+    t, face = _room_exit(o, d, inv, room.lo, room.hi)
     obj = face.astype(np.int64)
     part = np.full(d.shape[1], -1, np.int64)
     n_faces = len(room.faces)

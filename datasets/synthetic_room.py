@@ -1,16 +1,17 @@
-"""Materials and furniture of the built-in synthetic room (see `datasets/synthetic.py`).
+"""Materials, the `Room` container and variant 0's furnished living room (see `datasets/synthetic.py`).
 
-SYNTHETIC scene. World frame: metres, z up; the room is the box x in [-3, 3], y in [-2, 2],
+SYNTHETIC scene. World frame: metres, z up; variant 0 is the box x in [-3, 3], y in [-2, 2],
 z in [0, 3] (`synthetic_geometry.ROOM_LO/HI`). Materials are procedural (stripes, checker, value
-noise, wood rings, book spines, a sky for the void window) evaluated at object-frame hit points,
-so colours stick to the surfaces. The layout is fixed; the seed draws only the noise lattice.
+noise, wood rings, book spines, floor planks, diamond wallpaper, a sky for the void window)
+evaluated at object-frame hit points, so colours stick to the surfaces. The layout is fixed; the
+seed draws only the noise lattice. Variant 1 (a bedroom with a desk) is `synthetic_bedroom.py`.
 """
-from dataclasses import dataclass
-from typing import List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-from datasets.synthetic_geometry import FACE_NAMES, Decal, Obj, box, cyl, ellipsoid
+from datasets.synthetic_geometry import FACE_NAMES, ROOM_HI, ROOM_LO, Decal, Obj, box, cyl, ellipsoid
 
 # Replica-like sparse class ids (Replica's 101-entry list numbering, names for readability).
 CLASS_NAMES = {0: "void", 10: "bin", 18: "cabinet", 20: "chair", 29: "cushion", 31: "ceiling",
@@ -54,7 +55,7 @@ def _soft_square(phase, sharp=6.0):
 
 @dataclass
 class Material:
-    kind: str                      # solid | checker | stripes | noise | wood | books | sky
+    kind: str                      # solid | checker | stripes | noise | wood | books | planks | diamond | sky
     c1: Tuple[float, float, float]
     c2: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     scale: float = 1.0             # pattern period (m) or noise frequency (1/m)
@@ -97,6 +98,22 @@ def albedo(mat, p, noise):
         spine = palette[np.minimum((w * 5).astype(int), 4)]
         out = np.where(band[:, None], c1, spine)
         return _with_grain(out, p, noise, mat.grain)
+    elif mat.kind == "planks":    # floor boards along `axis` (x or y), `scale` wide, staggered ends
+        along = p @ ax
+        across = p[:, 1] if abs(ax[0]) > 0.5 else p[:, 0]
+        board = np.floor(across / mat.scale)
+        seg = np.floor((along + 0.43 * 1.3 * board) / 1.3)
+        h = np.sin(board * 12.9898 + seg * 78.233) * 43758.5453
+        tint = h - np.floor(h)
+        w = (0.65 * tint + 0.35 * noise(p * 4.0)).astype(np.float32)
+        seam = ((across % mat.scale) < 0.012) | (((along + 0.43 * 1.3 * board) % 1.3) < 0.012)
+        out = (1 - w)[:, None] * c1 + w[:, None] * c2
+        out = np.where(seam[:, None], out * 0.55, out)
+        return _with_grain(out, p, noise, mat.grain)
+    elif mat.kind == "diamond":   # wallpaper: a lattice of soft diamonds on any vertical plane
+        s = p[:, 0] + p[:, 1]
+        w = (_soft_square((s + p[:, 2]) / mat.scale, 4.0) * _soft_square((s - p[:, 2]) / mat.scale, 4.0))
+        w = w.astype(np.float32)
     elif mat.kind == "sky":       # a window: bright sky gradient with soft clouds
         w = np.clip((p[:, 2] - 0.9) / 1.3, 0, 1) * 0.6 + 0.4 * noise(p * 2.5)
     else:
@@ -124,6 +141,11 @@ class Room:
     lights: List[Tuple[np.ndarray, float]]
     ambient: float
     noise: ValueNoise
+    name: str = "living room"
+    class_names: Dict[int, str] = field(default_factory=lambda: dict(CLASS_NAMES))
+    families: Dict[str, Tuple[List[int], float]] = field(default_factory=lambda: dict(CLASS_FAMILIES))
+    lo: np.ndarray = field(default_factory=lambda: ROOM_LO.copy())     # the room box (inside)
+    hi: np.ndarray = field(default_factory=lambda: ROOM_HI.copy())
 
     @property
     def all_objects(self):
@@ -132,7 +154,7 @@ class Room:
 
 
 def build_room(seed=0):
-    """The fixed furnished room; `seed` draws only the texture noise lattice."""
+    """Variant 0: the fixed furnished living room; `seed` draws only the texture noise lattice."""
     rng = np.random.default_rng([seed, 11])
     noise = ValueNoise(rng)
     ids = iter(range(1, 1000))
@@ -219,4 +241,5 @@ def build_room(seed=0):
 
     lights = [(np.array([-1.0, 0.0, 2.8]), 0.45), (np.array([1.6, 0.3, 2.8]), 0.45),
               (np.array([-2.55, 1.55, 1.5]), 0.25)]
-    return Room(faces, face_mats, decals, objects, lights, ambient=0.42, noise=noise)
+    return Room(faces, face_mats, decals, objects, lights, ambient=0.42, noise=noise, name="living room",
+                class_names=CLASS_NAMES, families=CLASS_FAMILIES)

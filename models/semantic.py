@@ -1,0 +1,120 @@
+"""The Semantic-NeRF baseline's semantic branch, rendering and label loss.
+
+A semantic head reads the NeRF trunk output h (the input of `alpha_linear`: after the 8 layers,
+before the view direction joins), so the logits depend on position only:
+
+    semantic_linear: Linear(W, W/2) -> ReLU -> Linear(W/2, C)        s(x) in R^C
+
+Rendered with the colour weights before any softmax, S(r) = sum_i w_i s(x_i); the loss is the
+cross-entropy of S(r) against the seed label on labelled rays, coarse + fine, weighted by
+`WGT_SEM` against the colour loss. The prediction of a ray is argmax_c S_fine(r).
+
+The head is a module of its own, not part of `models.nerf.NeRF`, so a plain checkpoint still loads
+into the NeRF unchanged; its state goes under its own checkpoint key (`semantic_state`). Its
+parameters are nested as Semantic-NeRF's branch (`semantic_linear.0.0` = Linear(W, W/2),
+`semantic_linear.0.1` = ReLU, `semantic_linear.1` = Linear(W/2, C)), so the `semantic_linear.*`
+entries of a network state dict that embeds the branch load into it (`split_semantic_state`).
+
+Two protocols: joint training (trunk and head trained together) and fine-tuning the head on a
+trained plain checkpoint (trunk parameters with requires_grad False; `semantic_logits` then runs
+the trunk without autograd).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.rays import unpack_rays
+
+# Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
+WGT_SEM = 4e-2
+
+SEMANTIC_KEY = "semantic_state_dict"     # checkpoint key of `semantic_state(...)`
+HEAD_PREFIX = "semantic_linear."
+
+
+class SemanticHead(nn.Module):
+    """s = W2 relu(W1 h + b1) + b2: trunk features h [..., width] -> class logits [..., num_classes]."""
+
+    def __init__(self, width, num_classes):
+        super().__init__()
+        if num_classes < 1 or width < 2:
+            raise ValueError(f"SemanticHead: need width >= 2 and num_classes >= 1 (got {width}, {num_classes})")
+        self.width, self.num_classes = int(width), int(num_classes)
+        self.semantic_linear = nn.Sequential(nn.Sequential(nn.Linear(width, width // 2), nn.ReLU()),
+                                             nn.Linear(width // 2, num_classes))
+
+    def forward(self, h):
+        return self.semantic_linear(h)
+
+
+def semantic_logits(net, head, x_enc):
+    """Per-sample logits s(x) [..., C] of encoded positions x_enc [..., input_ch]: head(net.trunk(x_enc)).
+
+    With autograd on and any trunk parameter (or x_enc) requiring grad, the trunk runs on its
+    autograd path (joint training). Otherwise (a frozen trunk, or no autograd) it runs without
+    a graph, on the NeRF's inference path; only the head is differentiated."""
+    trunk_grad = torch.is_grad_enabled() and (
+        x_enc.requires_grad or any(p.requires_grad for p in net.pts_linears.parameters()))
+    if trunk_grad:
+        h = net.trunk(x_enc)
+    else:
+        with torch.no_grad():
+            h = net.trunk(x_enc)
+    return head(h.to(head.semantic_linear[1].weight.dtype))
+
+
+def semantic_logits_at(renderer, net, head, rays, z):
+    """Logits [B, S, C] at the samples o + z d of rays [B, 11], depths z [B, S] (e.g. the
+    `FineSamples.z` of `Renderer.render_rays(..., keep_fine=True)`), positions encoded by
+    `renderer.pos_enc`. This evaluates the trunk again at those samples."""
+    origins, dirs, _, _, _ = unpack_rays(rays)
+    pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
+    return semantic_logits(net, head, renderer.pos_enc(pts))
+
+
+def render_logits(weights, logits):
+    """S(r) = sum_i w_i s_i: weights [R, S], logits [R, S, C] -> [R, C] (no softmax)."""
+    return torch.sum(weights[..., None] * logits, dim=-2)
+
+
+def semantic_loss(logits_coarse, logits_fine, labels, ignore=-1):
+    """CE(S_coarse) + CE(S_fine), each the mean over labelled rays of -log softmax(S(r))[label(r)].
+
+    logits_*: rendered logits [R, C] (logits_coarse may be None: fine only); labels [R] int in
+    0..C-1, `ignore` for unlabelled or void rays. With no labelled ray the result is a zero that
+    still depends on the logits (backward gives zero gradients instead of NaN)."""
+    parts = [x for x in (logits_coarse, logits_fine) if x is not None]
+    if not parts:
+        raise ValueError("semantic_loss: no logits given")
+    keep = labels != ignore
+    if not bool(keep.any()):
+        return sum(x.sum() for x in parts) * 0.0
+    target = labels[keep].long()
+    return sum(F.cross_entropy(x[keep], target) for x in parts)
+
+
+def predict_labels(logits):
+    """Class index argmax_c S(r) [R] of rendered logits [R, C]."""
+    return torch.argmax(logits, dim=-1)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def semantic_state(head_coarse, head_fine):
+    """The heads' state for a checkpoint's `SEMANTIC_KEY`: {coarse, fine, num_classes}."""
+    return dict(coarse=head_coarse.state_dict(), fine=head_fine.state_dict(), num_classes=head_fine.num_classes)
+
+
+def load_semantic_state(state, head_coarse, head_fine):
+    """Load `semantic_state(...)` output into the two heads (strict)."""
+    if state.get("num_classes") != head_fine.num_classes:
+        raise ValueError(f"semantic state has {state.get('num_classes')} classes, the heads {head_fine.num_classes}")
+    head_coarse.load_state_dict(state["coarse"])
+    head_fine.load_state_dict(state["fine"])
+
+
+def split_semantic_state(net_state):
+    """Split a network state dict that embeds the semantic branch into (NeRF state, head state):
+    entries `semantic_linear.*` go to the head (same names), the rest to the NeRF."""
+    head = {k: v for k, v in net_state.items() if k.startswith(HEAD_PREFIX)}
+    nerf = {k: v for k, v in net_state.items() if not k.startswith(HEAD_PREFIX)}
+    return nerf, head
