@@ -1,104 +1,144 @@
-"""JacobiNeRF command line: flags + YAML config -> train | shape | propagate 2D/3D | render | perturb.
+"""JacobiNeRF command line: flags + YAML config -> train | shape | render | propagate 2D/3D | perturb.
 
-The flags are the original's (see utils/config.py and the README); dispatch follows the
-original's order: --render_only, --propagate_3d, --perturb_gradient, --propagate_2d, else
-training (plain, or Jacobi shaping when a shaping flag is set). `--demo` runs the whole
-pipeline on the built-in synthetic scene.
+main.py parses the flags, merges them into the YAML (utils/config.py), turns the result into
+typed, validated options (utils/options.py), then loads the scene, builds the renderer and calls
+one mode entry: training.run (train, shape, render_only) or propagation.run / propagation.editing
+(propagate_2d, propagate_3d, perturb_gradient). Nothing below reads the flags. Mode precedence is
+the original's: --render_only, --propagate_3d, --perturb_gradient, --propagate_2d, else training
+(Jacobi shaping when a shaping flag is set).
 """
+import dataclasses
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-from utils.config import parse_settings, save_resolved_config
-from utils.errors import InputError, NotSupportedError
-
-PROPAGATION_MODES = ("propagate_3d", "perturb_gradient", "propagate_2d")
-SHAPING_FLAGS = ("contrastive_2d", "contrastive_3d", "from_label")
-
-
-def validate_flags(exp):
-    """Flag combinations that cannot work stop here, before any data is read."""
-    if not exp.get("save_dir"):
-        raise InputError("--save_dir is required (the folder for checkpoints, renders and metrics)")
-    modes = [m for m in ("render_only",) + PROPAGATION_MODES if exp.get(m)]
-    if len(modes) > 1:
-        raise InputError(f"choose one of --{', --'.join(modes)} per run")
-    for m in modes:
-        if not exp.get("ckpt_path"):
-            raise InputError(f"--{m} needs --ckpt_path (the original silently starts training instead)")
-    if exp.get("resume") and not exp.get("ckpt_path"):
-        raise InputError("--resume needs --ckpt_path (the checkpoint to continue from)")
-    if exp.get("load_dino") and exp.get("load_lseg"):
-        raise InputError("--load_dino and --load_lseg are exclusive")
-    if exp.get("gt_feature_sim") and not (exp.get("load_dino") or exp.get("load_lseg")):
-        raise InputError("--gt_feature_sim needs descriptors: add --load_dino (or --load_lseg)")
-    if exp.get("load_saved") and exp.get("visualise_save"):
-        raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
+from datasets.registry import LOADERS, load_scene
+from models.checkpoints import latest_checkpoint
+from models.factory import build_renderer, select_device
+from models.jacobians import PARAMETER_SUBSETS, subset_flags
+from propagation.directions import DIRECTION_RULES
+from propagation.editing import perturb_gradient
+from propagation.run import propagate
+from training.run import render_only, train
+from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
+from utils.errors import InputError, run_cli
+from utils.options import build_options
+from utils.rundir import RunLock, check_output_dir, prepare_run_dir
+from utils.seeding import seed_everything
 
 
-def configure_device(settings):
-    from models.factory import select_device
-    device = select_device(settings)
+def parser():
+    return build_parser(dataset_types=tuple(LOADERS), subsets=[(s.flag, s.help) for s in PARAMETER_SUBSETS.values()],
+                        rules=[(flag, rule.help) for flag, rule in DIRECTION_RULES.items()])
+
+
+def options_from_config(config, flag_names):
+    """RunOptions of a merged config (every value validated)."""
+    return build_options(config, flag_names, subset_flags(), tuple(DIRECTION_RULES), tuple(LOADERS))
+
+
+def parse_options(argv=None):
+    """(parsed args, RunOptions or None for --demo): the whole flag path of main.py."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.demo:
+        return args, None
+    config = merge_flags(load_yaml_config(args.config_file), args)
+    return args, options_from_config(config, [a.dest for a in p._actions])
+
+
+def configure_threads():
+    """CPU threads = the cores this process may use, unless OMP_NUM_THREADS says otherwise (torch's
+    default counts the machine's cores, which oversubscribes a container or a loaded machine)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def configure_device(opts):
+    device = select_device(opts.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        tf32 = (settings.exp.get("precision") or "fp32") in ("tf32", "fp16")
+        tf32 = opts.model.precision in ("tf32", "fp16")
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return device
 
 
-def run(args, settings):
-    from datasets.loading import load_scene
-    from models.factory import build_renderer
-    from utils.seeding import seed_everything
+def check_outputs(opts):
+    """Output folders are usable before any data is read."""
+    check_output_dir(opts.save_dir, "--save_dir")
+    if opts.seeds is not None:
+        if os.path.isfile(opts.seeds.seed_dir):
+            raise InputError(f"--seed_dir {opts.seeds.seed_dir} is a file, not a folder")
+        if opts.seeds.visualise_save:
+            check_output_dir(opts.seeds.seed_dir, "--seed_dir")
 
-    exp = settings.exp
-    validate_flags(exp)
-    save_dir = exp["save_dir"]
-    rng = seed_everything(exp.get("seed"))
-    device = configure_device(settings)
-    shaping = any(exp.get(f) for f in SHAPING_FLAGS) and not any(exp.get(m) for m in PROPAGATION_MODES)
-    mode = next((m for m in ("render_only",) + PROPAGATION_MODES if exp.get(m)), "shape" if shaping else "train")
-    print(f"[jnerf] mode: {mode}; device: {device}; save_dir: {save_dir}", flush=True)
 
-    scene = load_scene(settings, features=bool(exp.get("load_dino") or exp.get("load_lseg")))
-    renderer = build_renderer(settings, device)
-    os.makedirs(save_dir, exist_ok=True)
-    save_resolved_config(settings, save_dir)
+def resume_checkpoint(opts):
+    """--resume without --ckpt_path: the latest checkpoint in save_dir."""
+    if not opts.resume or opts.ckpt_path:
+        return opts
+    path = latest_checkpoint(opts.save_dir)
+    if path is None:
+        raise InputError(f"--resume: no checkpoint in {os.path.join(opts.save_dir, 'checkpoints')} to continue "
+                         "from (give --ckpt_path, or drop --resume to start a new run)")
+    print(f"[jnerf] resuming from {path}", flush=True)
+    return dataclasses.replace(opts, ckpt_path=path)
 
-    if mode == "render_only":
-        from training.modes import run_render_only
-        return run_render_only(settings, scene, renderer, save_dir)
-    if mode in PROPAGATION_MODES:
-        from training.modes import run_propagation
-        return run_propagation(mode, settings, scene, renderer, save_dir, rng)
-    from training.modes import run_training
-    return run_training(settings, scene, renderer, save_dir, rng, shaping)
+
+def run(opts):
+    """Run the mode of a RunOptions in its locked save_dir; returns the mode's metrics dict."""
+    check_outputs(opts)
+    with RunLock(opts.save_dir):
+        prepare_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite)
+        return run_mode(resume_checkpoint(opts))
+
+
+def run_mode(opts):
+    rng = seed_everything(opts.seed)
+    device = configure_device(opts)
+    print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
+    scene = load_scene(opts.data)
+    renderer = build_renderer(opts.model, device)
+    save_resolved_config(opts.config, opts.save_dir)
+    if opts.mode == "render_only":
+        return render_only(opts, scene, renderer)
+    if opts.mode in ("propagate_2d", "propagate_3d"):
+        return propagate(opts, scene, renderer, rng)
+    if opts.mode == "perturb_gradient":
+        return perturb_gradient(opts, scene, renderer, rng)
+    return train(opts, scene, renderer, rng)
+
+
+def run_demo(args):
+    """--demo: `python -m experiments.demo` in a child process (the demo runs main.py's stages, so
+    main.py does not import it)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, "-m", "experiments.demo", "--save_dir", args.save_dir or "runs/demo"]
+    cmd += ["--N_iters", str(args.N_iters)] if args.N_iters is not None else []
+    cmd += ["--seed", str(args.seed)] if args.seed is not None else []
+    return subprocess.call(cmd, cwd=root)
 
 
 def main(argv=None):
+    """The command line; returns the exit code (0, 2 for bad input, 130 for Ctrl-C)."""
     t0 = time.time()
-    try:
-        args, settings = parse_settings(argv)
-        if args.demo:
-            from training.demo import run_demo
-            run_demo(args)
-        else:
-            run(args, settings)
-    except NotSupportedError as exc:
-        print(f"error: not supported: {exc}", file=sys.stderr)
-        return 2
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"[jnerf] done in {time.time() - t0:.1f} s", flush=True)
-    return 0
+    rc = run_cli(_main, argv)
+    if rc == 0:
+        print(f"[jnerf] done in {time.time() - t0:.1f} s", flush=True)
+    return rc
+
+
+def _main(argv):
+    args, opts = parse_options(argv)
+    if args.demo:
+        return run_demo(args)
+    run(opts)
 
 
 if __name__ == "__main__":
+    configure_threads()
     sys.exit(main())

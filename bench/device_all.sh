@@ -24,7 +24,7 @@ case "${1:-a}" in
   d)
     run nerf_psnr 240 python bench/nerf_step.py --psnr_steps 2000
     run propagation 200 python bench/propagation.py --quiet --skip_dense --scaling
-    run oracle 200 python bench/propagation.py --oracle ;;
+    run oracle 200 python -m experiments.oracle ;;
   c)
     run shaping_step 150 python bench/shaping_step.py --steps 60
     run nerf_psnr 300 python bench/nerf_step.py --psnr_steps 2000 ;;

@@ -12,16 +12,18 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.registry import load_scene  # noqa: E402
 from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
+from main import parse_options  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
-from models.rays import image_rays  # noqa: E402
+from models.render_views import render_views  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
-from utils.config import parse_settings  # noqa: E402
 
 
 def sync(device):
@@ -39,21 +41,22 @@ def random_scene(n_frames=20, height=240, width=320):
     return Scene("random", "", height, width, intr, split, split, semantic_classes=torch.tensor([0]).numpy())
 
 
-def settings_for(save_dir, extra=()):
-    _, s = parse_settings(["--config_file", "configs/replica_room0_config.yaml", "--save_dir", save_dir,
-                           "--seed", "0", *extra])
-    s.logging["step_save_ckpt"] = 10**9
-    return s
+def options_for(save_dir, extra=()):
+    """RunOptions of the paper's Replica config (8 x 256, 64 + 128 samples, 1024 rays), no checkpoints."""
+    _, opts = parse_options(["--config_file", "configs/replica_room0_config.yaml", "--save_dir", save_dir,
+                             "--seed", "0", *extra])
+    train = replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9))
+    return replace(opts, train=train)
 
 
 def time_step(device, precision, steps, warmup):
     """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16)."""
     torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
     with tempfile.TemporaryDirectory() as tmp:
-        s = settings_for(tmp)
+        opts = options_for(tmp)
         scene = random_scene()
-        renderer = build_renderer(s, device)
-        trainer = Trainer(s, scene, renderer, tmp, base_seed=0, log=False)
+        renderer = build_renderer(opts.model, device)
+        trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)
         times = []
         for i in range(warmup + steps):
             sync(device)
@@ -65,7 +68,7 @@ def time_step(device, precision, steps, warmup):
         renderer.eval()
         if precision == "fp16":
             renderer.inference_dtype = torch.float16
-        rays = image_rays(scene.test.poses[0].to(device), 240, 320, scene.intrinsics, 0.1, 10.0)
+        rays = scene.cameras(scene.test).image_rays(0, device)
         rtimes = []
         for i in range(1 + max(1, steps // 10)):
             sync(device)
@@ -78,27 +81,25 @@ def time_step(device, precision, steps, warmup):
 
 
 def psnr_run(device, precision, steps, data_dir):
-    from datasets.loading import load_scene
-    from training.render_views import render_views
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     with tempfile.TemporaryDirectory() as tmp:
-        s = settings_for(tmp)
-        s.exp["dataset_dir"] = data_dir
-        s.exp["width"], s.exp["height"] = 320, 240
-        s.train["N_iters"] = steps
+        opts = options_for(tmp)
+        data = replace(opts.data, dataset_dir=data_dir, width=320, height=240)
+        train = replace(opts.train, n_iters=steps)
         torch.manual_seed(0)
-        scene = load_scene(s)
-        renderer = build_renderer(s, device)
-        trainer = Trainer(s, scene, renderer, tmp, base_seed=0, log=False)
+        scene = load_scene(data)
+        renderer = build_renderer(opts.model, device)
+        trainer = Trainer(train, scene, renderer, tmp, seed=0, log=False)
         t = time.perf_counter()
         for i in range(steps):
             trainer.train_step(i)
         sync(device)
         elapsed = time.perf_counter() - t
         renderer.eval()
-        out = render_views(renderer, scene, scene.test, None, progress=False)
+        cameras = scene.cameras(scene.test)
+        out = render_views(renderer, cameras, scene.test.rgb, None, progress=False)
         renderer.inference_dtype = torch.float16 if device.type == "cuda" else None
-        half = render_views(renderer, scene, scene.test, None, progress=False)
+        half = render_views(renderer, cameras, scene.test.rgb, None, progress=False)
         diff = (half["rgb"].float() - out["rgb"].float()).abs().max().item()
         return out["psnr"], elapsed, half["psnr"], diff
 

@@ -10,7 +10,7 @@ mode runs as main.py runs it (propagation/run.py: seeds, Jacobians, directions, 
 pass, PNG and video writing, metrics), so the figures are end to end; the table separates the
 test-view pass (one render of every test view plus all responses, labels and confusion on the
 device) from writing the PNGs. The original needs one full render of the test views per seed
-(spec 8.1: about 170 s on its setup), i.e. about 31 min for 10 seeds.
+(about 170 s on its setup), i.e. about 31 min for 10 seeds.
 
 Prints Markdown tables with the device name; record them in docs/PERFORMANCE.md.
 """
@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
+from main import parse_options  # noqa: E402
+from models.checkpoints import save_checkpoint  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
-from propagation.run import run_propagation  # noqa: E402
-from utils.config import parse_settings  # noqa: E402
+from propagation.run import propagate  # noqa: E402
 
 SPARSE = ["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation", "--partial_perc", "0",
           "--rgb_layer", "--mean_gradient"]
@@ -77,11 +78,12 @@ def random_scene(views, height, width, classes, seed=0):
                  semantic_classes=np.arange(classes + 1), near=0.1, far=10.0)
 
 
-def settings_for(save_dir, extra, n_samples, n_importance, agg_steps):
+def options_for(save_dir, kind, extra, n_samples, n_importance, agg_steps):
+    """RunOptions of a propagation run reading the checkpoint <save_dir>/random.ckpt."""
     argv = ["--config_file", "configs/replica_room0_config.yaml", "--save_dir", save_dir, "--seed", "0",
             "--N_samples", str(n_samples), "--N_importance", str(n_importance), "--agg_steps", str(agg_steps),
-            *extra]
-    return parse_settings(argv)[1]
+            "--ckpt_path", os.path.join(save_dir, "random.ckpt"), f"--propagate_{kind}", *extra]
+    return parse_options(argv)[1]
 
 
 def sync(device):
@@ -96,15 +98,16 @@ def run_one(kind, flags, scene, device, args, precision="fp32"):
         torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
         torch.backends.cudnn.allow_tf32 = precision in ("tf32", "fp16")
     with tempfile.TemporaryDirectory() as tmp:
-        s = settings_for(tmp, flags, args.n_samples, args.n_importance, args.agg_steps)
+        opts = options_for(tmp, kind, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
-        renderer = build_renderer(s, device)
+        renderer = build_renderer(opts.model, device)
+        save_checkpoint(opts.ckpt_path, 0, renderer)          # random weights
         if precision == "fp16" and device.type == "cuda":
             renderer.inference_dtype = torch.float16
         renderer.eval()
         sync(device)
         t0 = time.perf_counter()
-        metrics = run_propagation(kind, s, scene, renderer, tmp, np.random.default_rng(0), "(random weights)", 0)
+        metrics = propagate(opts, scene, renderer, np.random.default_rng(0))
         sync(device)
         wall = time.perf_counter() - t0
         out = tmp if kind == "2d" else os.path.join(tmp, "test_render")
@@ -121,11 +124,11 @@ def profile_view(args, device):
     precisions, and the top CUDA kernels of the render."""
     from models.rays import image_rays
     from propagation.responses import perturbation_matrices, render_chunks, responses_2d, responses_3d
-    from propagation.run import propagation_chunk
+    from propagation.responses import propagation_chunk
     with tempfile.TemporaryDirectory() as tmp:
-        s = settings_for(tmp, SPARSE, args.n_samples, args.n_importance, 10)
+        opts = options_for(tmp, "2d", SPARSE, args.n_samples, args.n_importance, 10)
     torch.manual_seed(0)
-    renderer = build_renderer(s, device).eval()
+    renderer = build_renderer(opts.model, device).eval()
     sc = random_scene(4, args.height, args.width, 10)
     rays = [image_rays(p.to(device), args.height, args.width, sc.intrinsics, 0.1, 10.0) for p in sc.test.poses]
     chunk = propagation_chunk(renderer)
@@ -218,73 +221,6 @@ def aggregator_check(device, pixels=76800, labels=10, sets=5):
               f"{0.2 * out['usTrue']:.1f} s); max parameter difference eager vs graphs after 103 steps {diff:.2e}")
 
 
-def oracle_comparison(args):
-    """--oracle: the synthetic room, a plain NeRF, oracle (--from_label) shaping from it, and sparse
-    2D/3D propagation of one click per class through both checkpoints: the comparison table."""
-    import json
-    import yaml
-    import main as jnerf_main
-    from datasets.synthetic import generate_scene
-    from propagation.compare import compare_runs
-    root = args.oracle_dir or tempfile.mkdtemp(prefix="jnerf_oracle_")
-    data = os.path.join(root, "data")
-    if not os.path.isfile(os.path.join(data, "traj_w_c.txt")):
-        generate_scene(data, frames=args.oracle_frames, width=args.width, height=args.height, seed=0, dino=False)
-    with open("configs/synthetic_room.yaml") as f:
-        cfg = yaml.safe_load(f)
-    cfg["experiment"].update(dataset_dir=data, width=args.width, height=args.height)
-    cfg["model"].update(netwidth=args.oracle_width, netwidth_fine=args.oracle_width)
-    cfg["logging"].update(step_save_ckpt=10**9, step_log_tfb=10**9, step_val=10**9, step_vis_train=10**9)
-    config = os.path.join(root, "config.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump(cfg, f)
-    common = ["--config_file", config, "--seed", str(args.oracle_seed), "--N_samples", str(args.n_samples),
-              "--N_importance", str(args.n_importance)]
-    if torch.cuda.is_available():
-        common += ["--precision", "tf32"]
-    plain = os.path.join(root, "plain")
-    plain_ckpt = os.path.join(plain, "checkpoints", f"{args.oracle_plain:06d}.ckpt")
-    t0 = time.perf_counter()
-    if not os.path.isfile(plain_ckpt):
-        assert jnerf_main.main(common + ["--save_dir", plain, "--N_rays", str(args.oracle_plain_rays), "--N_iters",
-                                         str(args.oracle_plain), "--lrate", str(args.oracle_lr)]) == 0
-    shaped = os.path.join(root, f"oracle_{args.oracle_shape}_{args.oracle_rays}_{args.oracle_shape_lr}")
-    shaped_ckpt = os.path.join(shaped, "checkpoints", f"{args.oracle_shape:06d}.ckpt")
-    if not os.path.isfile(shaped_ckpt):
-        assert jnerf_main.main(common + [
-            "--save_dir", shaped, "--ckpt_path", plain_ckpt, "--contrastive_2d", "--from_label", "--rgb_layer",
-            "--contrastive_starting_step", "0", "--contrastive_step", "1", "--N_rays", str(args.oracle_rays),
-            "--wgt_contrastive", str(args.oracle_wc), "--wgt_gradient", "1e-2", "--gradient_norm_loss",
-            "--contrastive_abs", "--N_iters", str(args.oracle_shape), "--lrate", str(args.oracle_shape_lr)]) == 0
-    seeds = os.path.join(root, "seeds")
-    sparse = SPARSE + ["--seed_dir", seeds]
-    runs = {}
-    for dim in ("2d", "3d"):
-        for name, ckpt in (("plain NeRF", plain_ckpt), ("oracle-shaped", shaped_ckpt)):
-            out = os.path.join(shaped if name != "plain NeRF" else plain, f"propagate_{dim}")
-            flags = sparse + (["--load_saved"] if os.path.isdir(seeds) else ["--visualise_save"])
-            assert jnerf_main.main(common + flags + [f"--propagate_{dim}", "--ckpt_path", ckpt, "--save_dir", out]) == 0
-            with open(os.path.join(out, "metrics.json")) as f:
-                runs[f"{dim.upper()} {name}"] = json.load(f)
-    if torch.cuda.is_available():   # the shaped checkpoint again through the float16 inference engine
-        half = [a if a != "tf32" else "fp16" for a in common]
-        for dim in ("2d", "3d"):
-            out = os.path.join(shaped, f"propagate_{dim}_fp16")
-            assert jnerf_main.main(half + sparse + ["--load_saved", f"--propagate_{dim}", "--ckpt_path", shaped_ckpt,
-                                                    "--save_dir", out]) == 0
-            with open(os.path.join(out, "metrics.json")) as f:
-                runs[f"{dim.upper()} oracle-shaped, --precision fp16"] = json.load(f)
-    psnr = {}
-    for k, d in (("plain", plain), ("shaped", shaped)):
-        with open(os.path.join(d, "metrics.json")) as f:
-            psnr[k] = json.load(f)["test_psnr"]
-    print(f"\n## Oracle comparison on the synthetic room ({args.oracle_frames} frames, {args.width}x{args.height}, "
-          f"width {args.oracle_width}, plain {args.oracle_plain} steps (PSNR {psnr['plain']:.2f}), oracle shaping "
-          f"{args.oracle_shape} steps (PSNR {psnr['shaped']:.2f}); {time.perf_counter() - t0:.0f} s)\n")
-    print(compare_runs({k: v for k, v in runs.items() if k.startswith("2D")}, per_class=False))
-    print(compare_runs({k: v for k, v in runs.items() if k.startswith("3D")}, per_class=False))
-
-
 def fmt(x):
     return f"{x:.2f}" if x is not None else "-"
 
@@ -306,24 +242,10 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="hide the runs' own output")
     p.add_argument("--profile", action="store_true", help="only profile the pass over one test view")
     p.add_argument("--try_compile", action="store_true", help="with --profile: also time torch.compile'd networks")
-    p.add_argument("--oracle", action="store_true", help="only the oracle comparison on the synthetic room")
-    p.add_argument("--oracle_dir", default=None, help="folder of the oracle runs (reused when it exists)")
-    p.add_argument("--oracle_frames", type=int, default=150)
-    p.add_argument("--oracle_width", type=int, default=128, help="network width of the oracle runs")
-    p.add_argument("--oracle_plain", type=int, default=3000, help="plain NeRF steps")
-    p.add_argument("--oracle_shape", type=int, default=1000, help="oracle shaping steps")
-    p.add_argument("--oracle_rays", type=int, default=128, help="rays per shaping step")
-    p.add_argument("--oracle_plain_rays", type=int, default=1024, help="rays per plain NeRF step")
-    p.add_argument("--oracle_lr", type=float, default=5e-4, help="learning rate of the plain NeRF")
-    p.add_argument("--oracle_shape_lr", type=float, default=5e-4, help="learning rate of the shaping")
-    p.add_argument("--oracle_wc", type=float, default=1.0, help="--wgt_contrastive of the oracle shaping")
-    p.add_argument("--oracle_seed", type=int, default=0, help="--seed of the oracle runs")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.profile:
         return profile_view(args, device)
-    if args.oracle:
-        return oracle_comparison(args)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     prec = "tf32" if device.type == "cuda" else "fp32"
     log = open(os.devnull, "w") if args.quiet else None

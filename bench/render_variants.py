@@ -11,10 +11,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import models.nerf as nerf_mod  # noqa: E402
-from bench.nerf_step import random_scene, settings_for  # noqa: E402
+from bench.nerf_step import options_for, random_scene  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
-from models.rays import image_rays  # noqa: E402
+from models.nerf import InferenceOptions  # noqa: E402
 
 
 def time_render(renderer, rays, reps=5, autocast=None):
@@ -32,15 +31,16 @@ def time_render(renderer, rays, reps=5, autocast=None):
 def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     dev = torch.device("cuda")
-    s = settings_for("/tmp/rv")
-    r = build_renderer(s, dev).eval()
+    opts = options_for("/tmp/rv")
+    r = build_renderer(opts.model, dev).eval()
     scene = random_scene(2)
-    rays = image_rays(scene.test.poses[0].to(dev), 240, 320, scene.intrinsics, 0.1, 10.0)
+    rays = scene.cameras(scene.test).image_rays(0, dev)
     print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
     print("| variant | render 320x240 | max |rgb - ref| |")
     print("|---|---|---|")
+
     def set_engine(fused, pad, compose):
-        nerf_mod.FUSED_INFERENCE, nerf_mod.PAD_K, nerf_mod.COMPOSE_HEAD = fused, pad, compose
+        r.set_inference(InferenceOptions(fused=fused, pad_k=pad, compose_head=compose))
 
     set_engine(False, False, False)
     t, ref = time_render(r, rays)

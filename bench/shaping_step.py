@@ -9,7 +9,7 @@ A step is the whole training step of the paper's command: sample N rays, render 
 rgb_linear, the adaptive-threshold scan over N anchors, the contrastive and gradient-norm terms,
 one backward, Adam. Descriptors are random float16 grids of the original's 89 x 119 x 384 size
 (gathered per batch on the host, as with --load_on_cpu). Prints Markdown tables; record them in
-docs/PERFORMANCE.md. The original takes 7.6-8.0 s per step on an H100 at N = 64 (spec 8.1).
+docs/PERFORMANCE.md. The original takes 7.6-8.0 s per step on an H100 at N = 64.
 """
 import argparse
 import os
@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -25,10 +26,11 @@ sys.path.insert(0, ROOT)
 
 from datasets.dino_io import DescriptorStore  # noqa: E402
 from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
+from main import parse_options  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
+from training._reference import slow_shaping  # noqa: E402
 from training.shaping import build_shaper  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
-from utils.config import parse_settings  # noqa: E402
 
 README_FLAGS = ["--load_dino", "--load_on_cpu", "--feature_dim", "384", "--contrastive_2d",
                 "--contrastive_starting_step", "0", "--contrastive_step", "1", "--wgt_img", "1",
@@ -57,23 +59,24 @@ def random_scene(n_frames=20, height=240, width=320, grid=(89, 119), dim=384):
     return Scene("random", "", height, width, intr, split, split, semantic_classes=torch.tensor([0]).numpy())
 
 
-def settings_for(save_dir, n_rays, args, shaping=True):
+def options_for(save_dir, n_rays, args, shaping=True):
+    """RunOptions of the README's command (or plain training) at the benchmark's sizes."""
     extra = README_FLAGS if shaping else []
     config = os.path.join(ROOT, "configs", "replica_room0_config.yaml")
-    _, s = parse_settings(["--config_file", config, "--save_dir", save_dir,
-                           "--seed", "0", *extra, "--N_rays", str(n_rays), "--N_samples", str(args.samples),
-                           "--N_importance", str(args.importance)])
-    s.model["netwidth"] = s.model["netwidth_fine"] = args.netwidth
-    s.logging["step_save_ckpt"] = 10**9
-    return s
+    _, opts = parse_options(["--config_file", config, "--save_dir", save_dir,
+                             "--seed", "0", *extra, "--N_rays", str(n_rays), "--N_samples", str(args.samples),
+                             "--N_importance", str(args.importance)])
+    model = replace(opts.model, netwidth=args.netwidth, netwidth_fine=args.netwidth)
+    train = replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9))
+    return replace(opts, model=model, train=train)
 
 
 def make_trainer(device, n_rays, args, scene, tmp, shaping=True):
-    s = settings_for(tmp, n_rays, args, shaping)
+    opts = options_for(tmp, n_rays, args, shaping)
     torch.manual_seed(0)
-    renderer = build_renderer(s, device)
-    shaper = build_shaper(s, scene, renderer, None)[0] if shaping else None
-    return Trainer(s, scene, renderer, tmp, shaper=shaper, base_seed=0, log=False)
+    renderer = build_renderer(opts.model, device)
+    shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
+    return Trainer(opts.train, scene, renderer, tmp, shaper=shaper, seed=0, log=False)
 
 
 def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, host=None):
@@ -87,7 +90,7 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
         trainer = make_trainer(device, n_rays, args, scene, tmp, shaping)
         if adam == "foreach":
             params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-            trainer.optimizer = torch.optim.Adam(params, lr=trainer.lrate, betas=(0.9, 0.999), foreach=True)
+            trainer.optimizer = torch.optim.Adam(params, lr=trainer.opts.lrate, betas=(0.9, 0.999), foreach=True)
         host_times = []
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -108,14 +111,9 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
 
 
 def loss_check(device, args, scene):
-    """The fast loss against the literal loops of the original (tests/test_shaping.py), float64 on
+    """The fast loss against the literal loops of the original (training/_reference.py), float64 on
     the CPU with one training-mode render shared by both; then the fast path on `device` in fp32
     and tf32 against CPU float64 on one deterministic (evaluation-mode) render."""
-    try:
-        from tests.test_shaping import slow_shaping
-    except ImportError as exc:   # pytest missing
-        print(f"(loss check skipped: {exc})")
-        return
     cpu = torch.device("cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,9 +129,8 @@ def loss_check(device, args, scene):
         t_fast = time.perf_counter() - t
         tau_fast = shaper.tau
         feats = scene.train.features.gather(batch.frame, batch.v, batch.u)
-        opts = dict(ref.s.exp)
         t = time.perf_counter()
-        slow, slow_nce, _, tau_slow = slow_shaping(ref.renderer, out, batch.rays, opts, 0.8, feats=feats)
+        slow, slow_nce, _, tau_slow = slow_shaping(ref.renderer, out, batch.rays, shaper.opts, 0.8, feats=feats)
         t_slow = time.perf_counter() - t
         rows.append(("CPU float64, training-mode render", float(fast.detach()), float(slow.detach()),
                      f"{tau_fast:.3f} / {tau_slow:.3f}", f"{t_fast * 1e3:.1f} ms vs {t_slow:.2f} s"))

@@ -7,7 +7,7 @@ cols], ...}`). Files without a sidecar (the original's) get their grid inferred 
 token count and the image aspect ratio (10591 tokens at 4:3 -> 89 x 119). A tensor saved as
 [rows, cols, D] or [1, rows, cols, D] carries its grid itself and is accepted too.
 
-Up-sampling reproduces OpenCV's INTER_AREA rule for enlargement (spec 2.6), per axis:
+Up-sampling reproduces OpenCV's INTER_AREA rule for enlargement, per axis:
   s = n_in / n_out; i0 = floor(j*s); f = (j+1) - (i0+1)/s; f = 0 if f <= 0 else frac(f);
   out[j] = (1-f)*in[i0] + f*in[min(i0+1, n_in-1)]
 It is separable and linear, so one output pixel is a fixed blend of at most 2x2 grid cells.
@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from utils.atomic import atomic_path, write_json_atomic
 from utils.errors import InputError
 
 META_NAME = "descriptor_meta.json"
@@ -38,20 +39,15 @@ def save_descriptor(path, grid, meta=None):
     # clone: torch.save of a view would write the whole underlying storage
     tensor = grid.detach().to("cpu", torch.float32).reshape(1, 1, rows * cols, dim).clone()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(tensor, tmp)
     if meta is not None:
         write_meta(os.path.dirname(os.path.abspath(path)), dict(meta, grid=[int(rows), int(cols)],
                                                                 dim=int(dim)))
 
 
 def write_meta(folder, meta):
-    path = os.path.join(folder, META_NAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(folder, META_NAME), meta)
 
 
 def read_meta(folder):

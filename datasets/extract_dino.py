@@ -1,4 +1,4 @@
-"""DINO ViT-S/8 descriptors for a Replica-layout scene, one command (spec 2.6).
+"""DINO ViT-S/8 descriptors for a Replica-layout scene, one command.
 
     python -m datasets.extract_dino --dataset_dir room_0/Sequence_1 \
         --weights dino_deitsmall8_pretrain.pth            # the 180 training frames
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from datasets import dino_io
-from datasets.replica import list_frames
+from datasets.frames import list_frames
 from datasets.scene import replica_split_ids
 from models import vit
 from utils.errors import InputError

@@ -1,4 +1,4 @@
-"""Replica loader for the Semantic-NeRF layout (spec 2.1-2.6).
+"""Replica loader for the Semantic-NeRF layout.
 
     dataset_dir/
       rgb/rgb_<i>.png                 8-bit colour
@@ -12,67 +12,33 @@ Frames are ordered by the number in their file name; position in that order is t
 (and the row of traj_w_c.txt). Images are resized to the config's width x height (bilinear
 for rgb/depth, nearest for labels); intrinsics follow from the size (hfov 90 degrees).
 """
-import glob
+import dataclasses
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
-from datasets import dino_io
+from datasets.descriptors import FeatureOptions
+from datasets.frames import list_frames, read_png, read_poses
 from datasets.scene import (Intrinsics, Scene, Split, label_classes, remap_labels,
                             replica_split_ids, resize_image)
 from utils.errors import InputError
 
-_NUM = re.compile(r"_(\d+)\.[A-Za-z]+$")
+
+def same_size(path, image, size, reference):
+    if tuple(image.shape[:2]) != tuple(size):
+        raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} but {reference} is {size[1]}x{size[0]}; "
+                         "a frame's images must have one size")
 
 
-def list_frames(folder, prefix, ext=".png"):
-    """{frame number: path} of `<folder>/<prefix>_<n><ext>`, or None if the folder is absent."""
-    if not os.path.isdir(folder):
-        return None
-    out = {}
-    for path in glob.glob(os.path.join(folder, f"{prefix}_*{ext}")):
-        m = _NUM.search(os.path.basename(path))
-        if m and os.path.basename(path) == f"{prefix}_{m.group(1)}{ext}":
-            out[int(m.group(1))] = path
-    return out
-
-
-def read_png(path, kind):
-    """Read a PNG as a numpy array, with one clear error for missing or unreadable files."""
-    import imageio.v3 as iio
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: missing {kind} frame")
-    try:
-        img = iio.imread(path, plugin="pillow")
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise InputError(f"{path}: unreadable {kind} image ({exc.__class__.__name__}: {first})") from exc
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    return img
-
-
-def read_poses(path, count):
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: missing camera trajectory (expected one row-major 4x4 "
-                         "camera-to-world matrix per line, one line per frame)")
-    try:
-        poses = np.loadtxt(path, ndmin=2)
-    except ValueError as exc:
-        raise InputError(f"{path}: not a table of numbers ({exc})") from exc
-    if poses.shape[1] != 16:
-        raise InputError(f"{path}: rows have {poses.shape[1]} numbers; expected 16 (a 4x4 matrix)")
-    if poses.shape[0] != count:
-        raise InputError(f"{path}: {poses.shape[0]} poses for {count} frames in rgb/; "
-                         "expected one line per frame")
-    if not np.isfinite(poses).all():
-        raise InputError(f"{path}: non-finite pose entries")
-    return poses.reshape(-1, 4, 4).astype(np.float32)
+def load_replica(data):
+    """The Replica-layout scene of a utils.options.DataOptions."""
+    loader = ReplicaLoader(
+        data.dataset_dir, data.height, data.width, training_mode=data.training_mode, load_dino=data.load_dino,
+        load_lseg=data.load_lseg, high_res_dino=data.high_res_dino, feature_dim=data.feature_dim,
+        near=data.near, far=data.far, pin_features=data.load_on_cpu)
+    return dataclasses.replace(loader.load(), convention=data.convention)
 
 
 class ReplicaLoader:
@@ -88,6 +54,7 @@ class ReplicaLoader:
                                                   pin_features)
         self.near, self.far = near, far
         self.workers = workers
+        self._size = None    # ((height, width), path) of the first frame read
 
     # -- discovery --------------------------------------------------------------------------
     def _frames(self):
@@ -112,36 +79,65 @@ class ReplicaLoader:
 
     # -- loading ----------------------------------------------------------------------------
     def _load_frame(self, number, tables):
+        """(rgb, semantic, depth, instance, (height, width) of the files) of one frame."""
         _, rgb_t, sem_t, depth_t, inst_t = tables
-        rgb = read_png(self._path(rgb_t, "rgb", "rgb", number), "rgb")
+        rgb_path = self._path(rgb_t, "rgb", "rgb", number)
+        rgb = read_png(rgb_path, "rgb")
         if rgb.ndim != 3:
-            raise InputError(f"{rgb_t[number]}: expected a colour image, got shape {rgb.shape}")
+            raise InputError(f"{rgb_path}: expected a colour image, got shape {rgb.shape}")
+        size = rgb.shape[:2]
         rgb = resize_image(rgb.astype(np.float32) / 255.0, self.hw, "linear")
         sem_path = self._path(sem_t, "semantic_class", "semantic_class", number)
         sem = read_png(sem_path, "semantic_class")
         if sem.ndim != 2:
             raise InputError(f"{sem_path}: expected a single-channel label image, got {sem.shape}")
+        same_size(sem_path, sem, size, rgb_path)
         sem = resize_image(sem.astype(np.int64), self.hw, "nearest")
         depth = inst = None
         if depth_t is not None:
-            d = read_png(self._path(depth_t, "depth", "depth", number), "depth")
+            dpath = self._path(depth_t, "depth", "depth", number)
+            d = read_png(dpath, "depth")
+            if d.ndim != 2:
+                raise InputError(f"{dpath}: a {d.shape[2]}-channel image; expected a single-channel uint16 depth "
+                                 "image in millimetres")
+            if d.dtype != np.uint16:
+                raise InputError(f"{dpath}: {d.dtype} depth; expected uint16 millimetres (an 8-bit depth image "
+                                 "has lost its range)")
+            same_size(dpath, d, size, rgb_path)
             depth = resize_image(d.astype(np.float32) / 1000.0, self.hw, "linear")
         if inst_t is not None:
             ipath = self._path(inst_t, "semantic_instance", "semantic_instance", number)
             i = read_png(ipath, "semantic_instance")
+            same_size(ipath, i, size, rgb_path)
             inst = resize_image(i.astype(np.int64), self.hw, "nearest")
         return (torch.as_tensor(rgb, dtype=torch.float32), np.asarray(sem),
                 None if depth is None else torch.as_tensor(depth, dtype=torch.float32),
-                None if inst is None else np.asarray(inst))
+                None if inst is None else np.asarray(inst), (size, rgb_path))
 
     def _load_split(self, ids, numbers, tables, poses):
         with ThreadPoolExecutor(self.workers) as pool:
             frames = list(pool.map(lambda i: self._load_frame(numbers[i], tables), ids))
+        self._check_sizes([f[4] for f in frames])
         rgb = torch.stack([f[0] for f in frames])
         depth = torch.stack([f[2] for f in frames]) if tables[3] is not None else None
         return dict(ids=list(ids), rgb=rgb, sem=[f[1] for f in frames], depth=depth,
                     inst=[f[3] for f in frames] if tables[4] is not None else None,
                     poses=torch.from_numpy(poses[ids]))
+
+    def _check_sizes(self, sizes):
+        """Every frame has the size of the first, and the config's size has its aspect ratio."""
+        (h, w), first = sizes[0]
+        if self._size is None:
+            self._size = ((h, w), first)
+        (h, w), first = self._size
+        for (fh, fw), path in sizes:
+            if (fh, fw) != (h, w):
+                raise InputError(f"{path} is {fw}x{fh} but {first} is {w}x{h}: every frame must have one size")
+        H, W = self.hw
+        if abs(W / H - w / h) > 0.01 * (w / h):
+            raise InputError(f"experiment.width x height = {W}x{H} has another aspect ratio than the frames "
+                             f"({w}x{h}, e.g. {first}); the images would be stretched and the field of view "
+                             "computed from the width would not match: use a size with their aspect ratio")
 
     def load(self):
         tables = self._frames()
@@ -181,77 +177,3 @@ class ReplicaLoader:
         return self.features.load(self.root, numbers, self.hw, self.workers)
 
 
-@dataclass(frozen=True)
-class FeatureOptions:
-    """Which per-frame descriptors a loader reads and how (shared by the Replica and ScanNet
-    loaders): kind 'dino' / 'lseg' / None, --high_res_dino, --feature_dim, storage dtype, pinning."""
-    kind: Optional[str] = None
-    high_res: bool = False
-    dim: int = 384
-    dtype: torch.dtype = torch.float16
-    pin: bool = False
-
-    @classmethod
-    def from_flags(cls, load_dino, load_lseg, high_res_dino, feature_dim, feature_dtype, pin_features):
-        kind = "lseg" if load_lseg else ("dino" if load_dino else None)
-        return cls(kind, high_res_dino, feature_dim, feature_dtype, pin_features)
-
-    def load(self, root, numbers, hw, workers):
-        return load_feature_store(root, numbers, hw, self.kind, self.high_res, self.dim, self.dtype, self.pin,
-                                  workers)
-
-
-def load_feature_store(root, numbers, hw, kind, high_res=False, feature_dim=384,
-                       dtype=torch.float16, pin=False, workers=8):
-    """Load the descriptor grids of the given frame numbers into a DescriptorStore."""
-    folder = os.path.join(root, {"dino": "dino_1" if high_res else "dino", "lseg": "lseg"}[kind])
-    prefix = "lseg" if kind == "lseg" else "dino"
-    if not os.path.isdir(folder):
-        raise InputError(f"{folder}: descriptor folder missing (--load_{kind}); extract them with "
-                         "`python -m datasets.extract_dino` (README, 'DINO descriptors')")
-    meta = dino_io.read_meta(folder)
-    expected = (meta or {}).get("dim", 512 if kind == "lseg" else 384)
-    grid_hw = tuple(meta["grid"]) if meta else None
-    if kind == "lseg" or high_res:
-        grid_hw = hw  # these files are already at the image resolution
-
-    def one(number):
-        path = os.path.join(folder, f"{prefix}_{number}.pth")
-        g = dino_io.load_descriptor(path, hw, grid_hw)
-        if g.shape[-1] != expected:
-            raise InputError(f"{path}: descriptors have {g.shape[-1]} channels; expected {expected}"
-                             f" ({'sidecar ' + dino_io.META_NAME if meta else kind + ' default'})")
-        if (kind == "lseg" or high_res) and tuple(g.shape[:2]) != tuple(hw):
-            raise InputError(f"{path}: grid {tuple(g.shape[:2])} does not match the image size {hw}")
-        return g.to(dtype)
-
-    with ThreadPoolExecutor(workers) as pool:
-        grids = list(pool.map(one, numbers))
-    shapes = {tuple(g.shape) for g in grids}
-    if len(shapes) > 1:
-        raise InputError(f"{folder}: descriptor files have different shapes {sorted(shapes)}")
-    grids = torch.stack(grids)
-    if feature_dim > grids.shape[-1]:
-        raise InputError(f"--feature_dim {feature_dim} is larger than the descriptors' "
-                         f"{grids.shape[-1]} channels in {folder}")
-    if feature_dim < grids.shape[-1]:
-        grids = pca_reduce(grids, feature_dim).to(dtype)
-    return dino_io.DescriptorStore(grids, hw, pin=pin)
-
-
-def pca_reduce(grids, dim, max_fit=200_000, seed=0):
-    """Project all frames' descriptors onto one PCA basis of `dim` components.
-
-    The original fits a PCA per image (a different basis per frame, so descriptors of different
-    frames are not comparable); here one basis is fitted on a subsample of all frames' cells.
-    """
-    flat = grids.reshape(-1, grids.shape[-1]).float()
-    gen = torch.Generator().manual_seed(seed)
-    fit = flat if flat.shape[0] <= max_fit else flat[torch.randperm(flat.shape[0], generator=gen)[:max_fit]]
-    mean = fit.mean(0)
-    _, _, vt = torch.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:dim].T
-    # sklearn's sign convention: the largest-magnitude entry of each component is positive
-    sign = torch.sign(basis[basis.abs().argmax(0), torch.arange(dim)])
-    basis = basis * sign
-    return ((flat - mean) @ basis).reshape(*grids.shape[:-1], dim)

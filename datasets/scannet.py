@@ -1,4 +1,4 @@
-"""ScanNet loader for exported frames (spec 2.8), with the original's defects fixed.
+"""ScanNet loader for exported frames, with the original's defects fixed.
 
     scene_dir/                          (e.g. scans/scene0004_00)
       <scene>.txt                       ScanNet's info file: fx_color, fy_color, mx_color, my_color,
@@ -9,7 +9,6 @@
       label-filt/<id>.png               raw ScanNet label ids (8- or 16-bit)
       instance-filt/<id>.png            instance ids, 0 = unannotated (optional folder)
       renders/dino/dino_<k>.pth         optional descriptors; k = position in the valid list
-      <scene>_vh_clean_2.ply            optional mesh; its vertices go to scene.extra
 
 Behaviour (the original's unless noted):
 - colour frames are ordered by the integer file name; frames whose pose has a non-finite entry
@@ -28,6 +27,7 @@ become void (the original left them unmapped, mixing raw and NYU40 ids); nothing
 into the dataset folder; the info file's colour size is read, not asserted to be 1296x968.
 """
 import csv
+import dataclasses
 import glob
 import os
 import re
@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from datasets.replica import FeatureOptions, read_png
+from datasets.descriptors import FeatureOptions
+from datasets.frames import read_png
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from utils.errors import InputError
 
@@ -147,69 +148,6 @@ def read_pose(path):
     if len(values) != 16:
         raise InputError(f"{path}: {len(values)} numbers; expected 16 (a 4x4 camera-to-world matrix)")
     return np.array(values, dtype=np.float64).reshape(4, 4)
-
-
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
-def read_ply_vertices(path):
-    """Vertex positions [N, 3] float32 of a PLY file (ascii or binary), or None if not readable.
-
-    Only what NOCS needs: the vertex element's x, y, z. Elements stored before the vertices must
-    have fixed-size properties (ScanNet meshes store the vertices first).
-    """
-    try:
-        with open(path, "rb") as f:
-            if f.readline().strip() != b"ply":
-                return None
-            fmt, elements = None, []
-            while True:
-                line = f.readline()
-                if not line:
-                    return None
-                tok = line.decode("ascii", "replace").split()
-                if not tok:
-                    continue
-                if tok[0] == "format":
-                    fmt = tok[1]
-                elif tok[0] == "element":
-                    elements.append((tok[1], int(tok[2]), []))
-                elif tok[0] == "property" and elements:
-                    elements[-1][2].append(tok[1:])
-                elif tok[0] == "end_header":
-                    break
-            names = [e[0] for e in elements]
-            if "vertex" not in names:
-                return None
-            k = names.index("vertex")
-            _, count, props = elements[k]
-            if any(p[0] == "list" for p in props):
-                return None
-            fields = [p[1] for p in props]
-            if not {"x", "y", "z"} <= set(fields):
-                return None
-            if fmt == "ascii":
-                for _, n, _ in elements[:k]:
-                    for _ in range(n):
-                        f.readline()
-                rows = [f.readline().split() for _ in range(count)]
-                table = np.array(rows, dtype=np.float64)
-                cols = [fields.index(c) for c in "xyz"]
-                return table[:, cols].astype(np.float32).reshape(-1, 3)
-            if fmt not in ("binary_little_endian", "binary_big_endian"):
-                return None
-            order = "<" if fmt == "binary_little_endian" else ">"
-            for _, n, before in elements[:k]:
-                if any(p[0] == "list" for p in before):
-                    return None
-                f.seek(n * int(np.dtype([(p[1], order + _PLY_TYPES[p[0]]) for p in before]).itemsize), 1)
-            dtype = np.dtype([(p[1], order + _PLY_TYPES[p[0]]) for p in props])
-            data = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count)
-            return np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
 
 
 # -- geometry and split ----------------------------------------------------------------------
@@ -352,15 +290,6 @@ class ScanNetLoader:
                      colour_size=(info["colorHeight"], info["colorWidth"]))
         if "axisAlignment" in info:
             extra["axis_alignment"] = info["axisAlignment"]
-        mesh_path = self._p(f"{name}_vh_clean_2.ply")
-        if os.path.isfile(mesh_path):
-            vertices = read_ply_vertices(mesh_path)
-            if vertices is not None:
-                extra["mesh_vertices"] = vertices
-                extra["mesh_path"] = mesh_path
-            else:
-                print(f"[jnerf] note: {mesh_path}: vertices not readable (expected a PLY file with "
-                      "x, y, z vertex properties); NOCS will be unavailable", flush=True)
         if extra["unmapped_raw_ids"]:
             print(f"[jnerf] note: raw label ids {extra['unmapped_raw_ids'][:10]} are not in "
                   f"{LABEL_TSV}; they are treated as void", flush=True)
@@ -388,23 +317,10 @@ def nyu_colour_map(classes, palette_size=41):
     return np.asarray(label_colormap(palette_size), dtype=np.uint8)[classes]
 
 
-def load_scannet(settings, features=False, near=0.1, far=10.0):
-    """The ScanNet scene named by the merged config (`--dataset_type scannet`)."""
-    exp = settings.exp
-    if not exp.get("dataset_dir"):
-        raise InputError("experiment.dataset_dir is not set in the YAML config")
-    if exp.get("sample_step") is None:
-        raise InputError("--sample_step is required for --dataset_type scannet (or set "
-                         "experiment.sample_step in the YAML config): the step between training frames")
-    step = exp.get_num("sample_step")
-    if not isinstance(step, int) and not (isinstance(step, float) and step.is_integer()):
-        raise InputError(f"--sample_step / experiment.sample_step = {step!r}: expected a positive integer")
-    if int(step) < 1:
-        raise InputError(f"--sample_step / experiment.sample_step = {step}: expected a positive integer")
+def load_scannet(data):
+    """The exported ScanNet scene of a utils.options.DataOptions (`--dataset_type scannet`)."""
     loader = ScanNetLoader(
-        exp.get("dataset_dir"), exp.get_num("height"), exp.get_num("width"), int(step),
-        training_mode=bool(exp.get("training_mode")),
-        load_dino=features and bool(exp.get("load_dino")), load_lseg=features and bool(exp.get("load_lseg")),
-        high_res_dino=bool(exp.get("high_res_dino")), feature_dim=int(exp.get_num("feature_dim", 384)),
-        feature_dtype=torch.float16, near=near, far=far, pin_features=bool(exp.get("load_on_cpu")))
-    return loader.load()
+        data.dataset_dir, data.height, data.width, data.sample_step, training_mode=data.training_mode,
+        load_dino=data.load_dino, load_lseg=data.load_lseg, high_res_dino=data.high_res_dino,
+        feature_dim=data.feature_dim, near=data.near, far=data.far, pin_features=data.load_on_cpu)
+    return dataclasses.replace(loader.load(), convention=data.convention)

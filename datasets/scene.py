@@ -1,6 +1,6 @@
 """The frame bundle every loader returns, and the helpers loaders share.
 
-Conventions (the original's, spec 2.2-2.5):
+Conventions (the original's):
 - rgb float32 in [0, 1], [N, H, W, 3]; depth float32 metres (z-depth), [N, H, W];
 - poses: camera-to-world 4x4, OpenCV camera axes (x right, y down, z forward);
 - `semantic`: class indices 0..C-1 where 0 is void, from `semantic_classes` (sorted raw ids,
@@ -16,22 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.cameras import Cameras, Intrinsics  # noqa: F401  (Intrinsics: loaders build it)
 from utils.errors import InputError
-
-
-@dataclass
-class Intrinsics:
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    def scaled(self, factor):
-        """Intrinsics for an image down-scaled by an integer factor (pixel centres at integers)."""
-        if factor == 1:
-            return self
-        return Intrinsics(self.fx / factor, self.fy / factor,
-                          (self.cx + 0.5) / factor - 0.5, (self.cy + 0.5) / factor - 0.5)
 
 
 @dataclass
@@ -63,6 +49,12 @@ class Scene:
     instance_classes: Optional[np.ndarray] = None
     colour_map: Optional[np.ndarray] = None   # [C, 3] uint8, row 0 = void
     extra: dict = field(default_factory=dict)
+    convention: str = "opencv"                # camera axes of the poses
+
+    def cameras(self, split):
+        """The Cameras of a split (`scene.train` or `scene.test`)."""
+        return Cameras(split.poses, self.intrinsics, self.height, self.width, self.near, self.far,
+                       self.convention)
 
     @property
     def num_classes(self):

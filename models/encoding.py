@@ -1,6 +1,6 @@
 """Positional encoding gamma(x) = [x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)].
 
-Order and scaling as the original (spec 3.1): the input comes first, then for each frequency
+Order and scaling as the original: the input comes first, then for each frequency
 sin of all coordinates, then cos of all coordinates; xyz is divided by `input_scale` (10 for
 positions) before encoding, and the unencoded term is that scaled input.
 """
@@ -27,9 +27,9 @@ class PositionalEncoding(nn.Module):
         return torch.cat((x, enc.flatten(-3)), dim=-1)
 
 
-def build_encoders(render_cfg):
-    """(position encoder, direction encoder) from the render section (multires, i_embed)."""
-    identity = int(render_cfg.get("i_embed", 0)) == -1
-    pos = PositionalEncoding(int(render_cfg.get("multires", 10)), input_scale=10.0, identity=identity)
-    views = PositionalEncoding(int(render_cfg.get("multires_views", 4)), identity=identity)
+def build_encoders(multires=10, multires_views=4, i_embed=0):
+    """(position encoder, direction encoder); i_embed -1 disables the encoding."""
+    identity = int(i_embed) == -1
+    pos = PositionalEncoding(int(multires), input_scale=10.0, identity=identity)
+    views = PositionalEncoding(int(multires_views), identity=identity)
     return pos, views

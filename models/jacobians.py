@@ -1,4 +1,4 @@
-"""Per-ray Jacobians of the rendered fine colour with respect to shaped parameters (spec 4.2).
+"""Per-ray Jacobians of the rendered fine colour with respect to shaped parameters.
 
 The scalar per ray is y_r = mean over channels of the fine colour (or one channel c_r with
 --random_channel). Every function here returns all rays' Jacobians at once, as ordinary
@@ -26,44 +26,61 @@ whole batch gives every ray's errors. It runs in two stages, both with create_gr
    errors are pulled back to the selected layers' outputs in one vector-Jacobian product.
 Then one einsum per layer. No Python loop over rays anywhere.
 """
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
 import torch
 
-# The original tests the flags in this order; the first one set wins (spec 1.3).
-SUBSET_FLAGS = (("rgb_layer", "rgb"), ("density_layer", "density"), ("all_para", "all_para"),
-                ("pts_layer", "pts"), ("rgb_pts_layer", "rgb_pts"))
+
+@dataclass(frozen=True)
+class ParameterSubset:
+    """A block of fine-network parameters whose Jacobians can be shaped."""
+    name: str                             # recorded in metrics and used by ray_jacobians
+    flag: str                             # the command-line flag that selects it
+    help: str                             # its --help line
+    params: Optional[Tuple[str, ...]]     # fine-network parameter names; None = all of them
 
 
-def subset_from_flags(exp):
-    """'rgb' | 'density' | 'all_para' | 'pts' | 'rgb_pts' from the flags, or None if none is set."""
-    for flag, name in SUBSET_FLAGS:
-        if exp.get(flag):
-            return name
-    return None
+# The registry. Order = the original's precedence when several flags are given (the first set wins).
+PARAMETER_SUBSETS = {s.name: s for s in (
+    ParameterSubset("rgb", "rgb_layer", "fine rgb_linear.weight (the paper's choice)", ("rgb_linear.weight",)),
+    ParameterSubset("density", "density_layer", "fine alpha_linear.weight", ("alpha_linear.weight",)),
+    ParameterSubset("all_para", "all_para", "all fine-network parameters", None),
+    ParameterSubset("pts", "pts_layer", "fine pts_linears.6.weight", ("pts_linears.6.weight",)),
+    ParameterSubset("rgb_pts", "rgb_pts_layer", "fine rgb_linear.weight and pts_linears.6.weight",
+                    ("rgb_linear.weight", "pts_linears.6.weight")),
+)}
+
+
+def subset_flags():
+    """{flag: subset name} in precedence order (for utils.options.build_options)."""
+    return {s.flag: s.name for s in PARAMETER_SUBSETS.values()}
 
 
 def subset_names(net, subset):
     """Fine-network parameter names of a subset, in the order their Jacobians are concatenated
-    (all_para: `named_parameters()` order, weights and biases, each flattened row-major)."""
-    fixed = {"rgb": ["rgb_linear.weight"], "density": ["alpha_linear.weight"],
-             "pts": ["pts_linears.6.weight"], "rgb_pts": ["rgb_linear.weight", "pts_linears.6.weight"]}
-    if subset == "all_para":
-        return [name for name, _ in net.named_parameters()]
-    if subset not in fixed:
+    (all parameters: `named_parameters()` order, weights and biases, each flattened row-major)."""
+    if subset not in PARAMETER_SUBSETS:
         raise ValueError(f"unknown parameter subset {subset!r}")
-    names = fixed[subset]
+    names = PARAMETER_SUBSETS[subset].params
+    if names is None:
+        return [name for name, _ in net.named_parameters()]
     params = dict(net.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
-        raise ValueError(f"the network has no parameter {missing[0]} (netdepth too small for --pts_layer?)")
-    return names
+        raise ValueError(f"the network has no parameter {missing[0]} (netdepth too small for "
+                         f"--{PARAMETER_SUBSETS[subset].flag}?)")
+    return list(names)
 
 
 def subset_parameters(net, subset):
+    """The parameter tensors of `subset_names(net, subset)`, in that order."""
     params = dict(net.named_parameters())
     return [params[n] for n in subset_names(net, subset)]
 
 
 def jacobian_size(net, subset):
+    """P: the number of scalars in the subset (the width of a ray's Jacobian row)."""
     params = dict(net.named_parameters())
     return sum(params[n].numel() for n in subset_names(net, subset))
 

@@ -1,4 +1,4 @@
-"""The NeRF MLP, with the original's parameter names so checkpoints load both ways (spec 3.2).
+"""The NeRF MLP, with the original's parameter names so checkpoints load both ways.
 
     pts_linears.0..7   8 x 256 trunk, ReLU; after layer 4 the encoded position is prepended
                        ([gamma(x), h], 319-d) and fed to pts_linears.5
@@ -10,7 +10,12 @@
 Modules are created in the original's order, so `parameters()` (and hence the Adam state in a
 checkpoint) lines up with the original's. `forward` returns the colour logits, the raw density
 and the 128-d input of `rgb_linear` (needed by the closed-form Jacobians and by propagation).
+
+Passes without autograd (image renders, propagation) take fast paths chosen by the network's
+`InferenceOptions`; each computes the layered network's values up to rounding (their slow twin
+is the autograd path, compared in tests/test_fused_inference.py).
 """
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -31,29 +36,29 @@ class FieldOutput(NamedTuple):
     rgb_features: torch.Tensor  # [..., W/2] input of rgb_linear (post-ReLU)
 
 
-FUSED_INFERENCE = True   # switch for benchmarks and the slow-twin test (tests/test_fused_inference.py)
-PAD_K = True             # inference: pad the 63-d position input to 64 so every GEMM is tensor-core aligned
-COMPOSE_HEAD = True      # inference: alpha + feature_linear + views_linears.0 as one 256 -> 129 GEMM
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Fast paths of the passes without autograd (with autograd the layered network always runs)."""
+    fused: bool = True          # GEMM + bias + ReLU in one call; False: the layered network throughout
+    pad_k: bool = True          # pad the 63-d position input to 64 so every GEMM is tensor-core aligned
+    compose_head: bool = True   # alpha + feature_linear + views_linears.0 as one 256 -> 129 GEMM
 
 
-def _inference(x):
-    return FUSED_INFERENCE and not torch.is_grad_enabled() and x.dim() >= 2
-
-
-def linear_relu(x, layer):
-    """relu(layer(x)). Without autograd, one GEMM with the bias and ReLU in its epilogue
-    (cuBLASLt on CUDA): the activation is written once instead of three times, which is what
-    bounds rendering speed. Same arithmetic as the eager pair; the tests compare both."""
-    if not _inference(x):
+def linear_relu(x, layer, fused=False):
+    """relu(x W^T + b) for x [..., in]. fused: one GEMM with the bias and ReLU in its epilogue
+    (cuBLASLt on CUDA), so the activation is written once instead of three times (what bounds
+    rendering speed); same arithmetic as the eager pair. Only valid without autograd."""
+    if not fused:
         return F.relu(layer(x))
     flat = torch._addmm_activation(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight.t())
     return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
 
 class NeRF(nn.Module):
-    def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,)):
+    def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,), inference=InferenceOptions()):
         super().__init__()
         self.D, self.W = D, W
+        self.inference = inference      # fast paths of no-autograd passes (not part of the state dict)
         self.input_ch, self.input_ch_views = input_ch, input_ch_views
         self.skips = tuple(skips)
         self.pts_linears = nn.ModuleList(
@@ -64,13 +69,18 @@ class NeRF(nn.Module):
         self.alpha_linear = nn.Linear(W, 1)
         self.rgb_linear = nn.Linear(W // 2, 3)
 
+    def _fast(self, x):
+        """Whether this pass takes the fused inference paths: no autograd, batched input."""
+        return self.inference.fused and not torch.is_grad_enabled() and x.dim() >= 2
+
     def trunk(self, x_enc):
-        """256-d trunk features of encoded positions [..., input_ch]."""
-        if (_inference(x_enc) and PAD_K) or x_enc.dtype != self.pts_linears[0].weight.dtype:
+        """W-d trunk features [..., W] of encoded positions [..., input_ch]."""
+        fast = self._fast(x_enc)
+        if (fast and self.inference.pad_k) or x_enc.dtype != self.pts_linears[0].weight.dtype:
             return self._trunk_padded(x_enc)   # (the half engine always takes this path)
         h = x_enc
         for i, layer in enumerate(self.pts_linears):
-            h = linear_relu(h, layer)
+            h = linear_relu(h, layer, fast)
             if i in self.skips:
                 h = torch.cat((x_enc, h), dim=-1)
         return h
@@ -127,7 +137,7 @@ class NeRF(nn.Module):
         product as the original's concatenation without copying the direction to every sample.
         """
         h = self.trunk(x_enc)
-        if _inference(h) and (COMPOSE_HEAD or h.dtype != self.rgb_linear.weight.dtype):
+        if self._fast(h) and (self.inference.compose_head or h.dtype != self.rgb_linear.weight.dtype):
             sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
             return FieldOutput(logits, sigma_raw, h128)
         sigma_raw = self.alpha_linear(h)[..., 0]
@@ -166,8 +176,3 @@ class NeRF(nn.Module):
         logits = self.rgb_linear(h128)
         taps["rgb_linear"] = LayerTap(h128, logits)
         return FieldOutput(logits, u_alpha[..., 0], h128), taps
-
-    def raw(self, x_enc, d_enc):
-        """The original's output layout [..., 4] = [rgb logits, raw density]."""
-        out = self.forward(x_enc, d_enc)
-        return torch.cat((out.rgb_logits, out.sigma_raw[..., None]), dim=-1)

@@ -1,4 +1,4 @@
-"""Camera rays in the original's convention (spec 2.3).
+"""Camera rays in the original's convention.
 
 Pixel (u = column, v = row) has integer coordinates at its centre. OpenCV camera direction
 d_c = ((u - cx)/fx, (v - cy)/fy, 1), not normalised, so rendered depth is z-depth; the OpenGL
@@ -23,6 +23,7 @@ def camera_directions(v, u, intr, convention="opencv"):
 
 
 def pack_rays(origins, dirs, near, far):
+    """[..., 11] = [o, d, near, far, d / |d|] for origins and directions [..., 3], scalar near/far."""
     viewdirs = dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
     shape = origins.shape[:-1] + (1,)
     return torch.cat((origins, dirs, origins.new_full(shape, near), origins.new_full(shape, far),

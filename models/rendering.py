@@ -1,4 +1,9 @@
-"""Volume rendering and the coarse-to-fine ray renderer (spec 3.3-3.6).
+"""Volume rendering and the coarse-to-fine ray renderer.
+
+For samples i = 1..S along a ray with depths z_i and raw density sigma_i:
+delta_i = (z_{i+1} - z_i) |d| (delta_S = 1e10 |d|), alpha_i = 1 - exp(-relu(sigma_i) delta_i),
+w_i = alpha_i prod_{j<i} (1 - alpha_j + 1e-10); colour sum_i w_i sigmoid(logits_i), depth
+sum_i w_i z_i, opacity sum_i w_i.
 
 `Renderer` owns the two networks and the encoders; `render_rays` runs the coarse pass on
 stratified samples, places importance samples, runs the fine network on all sorted samples
@@ -52,6 +57,8 @@ def composite_weights(sigma_raw, z, dir_norm, noise_std=0.0, generator=None):
 
 
 def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=False, generator=None):
+    """Composite per-sample colour logits [B, S, 3] with the weights of `composite_weights`:
+    rgb [B, 3] (plus 1 - acc on a white background), depth [B], acc [B], weights [B, S]."""
     w = composite_weights(sigma_raw, z, dir_norm, noise_std, generator)
     rgb = torch.sum(w[..., None] * torch.sigmoid(rgb_logits), dim=-2)
     acc = w.sum(-1)
@@ -61,6 +68,7 @@ def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=Fals
 
 
 def disparity(depth, acc):
+    """1 / max(depth / acc, 1e-10), the original's disparity."""
     return 1.0 / torch.clamp(depth / acc, min=1e-10)
 
 
@@ -84,6 +92,11 @@ class Renderer(nn.Module):
         # inference engine (no-autograd passes only: image renders, propagation); the networks'
         # outputs are cast back, so compositing and responses stay in float32 (--precision fp16).
         self.inference_dtype = None
+
+    def set_inference(self, options):
+        """Use `options` (models.nerf.InferenceOptions: the no-autograd fast paths) in both networks."""
+        self.coarse.inference = self.fine.inference = options
+        return self
 
     def _engine_dtype(self):
         if self.inference_dtype is None or torch.is_grad_enabled():

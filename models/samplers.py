@@ -1,4 +1,4 @@
-"""Sample placement along rays (spec 3.3): stratified coarse samples and inverse-CDF fine samples."""
+"""Sample placement along rays: stratified coarse samples and inverse-CDF fine samples."""
 import torch
 
 

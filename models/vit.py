@@ -1,4 +1,4 @@
-"""DINO ViT-S/8 in plain torch, used only to compute per-patch descriptors (spec 2.6).
+"""DINO ViT-S/8 in plain torch, used only to compute per-patch descriptors.
 
 The module and parameter names are those of the DINO release (`cls_token`, `pos_embed`,
 `patch_embed.proj`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`, `norm`), so

@@ -1,28 +1,25 @@
-"""The response aggregator of the dense setting (--train_agg; spec 5.7, the original's
-`aggregation/`): an MLP from per-label responses to segmentation logits.
+"""The response aggregator of the dense setting (--train_agg): an MLP from per-label responses
+to segmentation logits, the original's `Response_Aggregator`.
 
     Linear(L_in -> 128) + ReLU, Linear(128 -> 64) + ReLU, Linear(64 -> L)
 
-L_in = L, or the number of directions with --merge_instance. Training as the original: Adam,
-lr 1e-3, lr <- 1e-3 * 0.1^(step / 500000) after every step, cross-entropy with ignore index -1,
-`--agg_steps` steps (default 200000), each step on one response set chosen uniformly at random,
-full batch.
-
-What differs (same steps, less work): the batch holds only the labelled pixels (ignored pixels
-add nothing to the loss or its gradient, so the steps are identical); the random set choices are
-drawn up front; on CUDA the steps run as CUDA graphs of 100 steps each (step counter, set choice
-and lr schedule live on the device, Adam is `capturable`), so 200k steps take seconds; a tqdm bar
-replaces the original's two console prints per step.
+L_in = L, or the number of directions with --merge_instance. Training: Adam (lr 1e-3), after
+step i the lr becomes 1e-3 * 0.1^(i / 500000); loss = mean cross-entropy over the labelled
+pixels; `steps` steps (--agg_steps), each on one response set drawn uniformly at random, full
+batch. Only labelled pixels enter the batch (ignored pixels add nothing to the loss or its
+gradient); the set choices are drawn up front; on CUDA the steps run as CUDA graphs of 100 steps
+each (step counter, set choice and lr schedule on the device, Adam `capturable`). docs/
+PROPAGATION.md, decision 14, compares this with the original's loop.
 """
 import time
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 LRATE = 1e-3
 LRATE_DECAY = 500e3
-DEFAULT_STEPS = 200000
 
 
 class ResponseAggregator(nn.Module):
@@ -53,16 +50,15 @@ def lr_schedule(steps, device=None):
     return (LRATE * 0.1 ** (i / LRATE_DECAY)).to(torch.float32)
 
 
-def train_aggregator(sets, targets, num_class, steps=DEFAULT_STEPS, rng=None, device=None,
-                     progress=True, log_every=500, graphed=None):
-    """Fit the aggregator.
+def train_aggregator(sets, targets, num_class, steps, rng=None, device=None, progress=True, log_every=500,
+                     graphed=None):
+    """Fit the aggregator for `steps` steps.
 
     sets: [J, N, L_in] float tensor (J response sets of the same N pixels); targets: [N] long,
-    label index or -1 (ignored). Returns (model in eval mode, dict(final_loss, steps, seconds)).
-    graphed: run blocks of steps as CUDA graphs (default: on CUDA); the steps are the same
-    operations, only launched without per-step Python overhead.
+    label index or -1 (ignored). Returns (model in eval mode, dict(final_loss, steps, seconds,
+    pixels, graphed)). graphed: run blocks of steps as CUDA graphs (default: on CUDA); the steps
+    are the same operations, only launched without per-step Python overhead.
     """
-    from tqdm import tqdm
     device = torch.device(device) if device is not None else sets.device
     keep = targets >= 0
     x = sets[:, keep.to(sets.device)].to(device=device, dtype=torch.float32).contiguous()

@@ -1,87 +1,39 @@
-"""Jacobians of labelled pixels and the per-label perturbation directions (spec 5.1-5.3).
+"""Perturbation directions per label, and the registry of direction rules.
 
-The Jacobian of a pixel's channel-mean colour with respect to the fine `rgb_linear.weight` has a
-closed form in quantities of the forward pass (models/jacobians.py), so the Jacobians of any
-number of labelled pixels come from one render pass of their rays, not from one full backward
-pass per pixel as in the original. Rendering is deterministic (evaluation mode) unless
---noisy_propagation asks for the original's training-mode renders (noise, jitter).
-
-Direction rules, per label l with labelled pixels P_l (one of them is required):
-- --mean_gradient: one direction, the mean Jacobian over P_l;
-- --mean_response: every pixel's Jacobian is a direction; their responses are averaged later;
-- --gradient_kmeans: cosine k-means (--n_clusters) over the Jacobians of P_l when |P_l| is larger,
-  keeping the member closest (cosine) to each centre; else every Jacobian;
-- --adaptive_selection: propagation/selection.py.
---random_channel takes the Jacobian of one random colour channel (drawn per label) instead of the
-channel mean.
+A direction is a [3, F] matrix Delta (F = inputs of the fine `rgb_linear`) built from the
+Jacobians J_p = dC_p / dW_rgb of labelled pixels p (propagation/pixels.py). With P_l the
+labelled pixels of label l, the rules (`DIRECTION_RULES`, one of them is required) are:
+- mean_gradient: one direction per label, (1/|P_l|) sum_{p in P_l} J_p;
+- mean_response: every J_p, p in P_l, is a direction of l; their responses are averaged later;
+- gradient_kmeans: cosine k-means (--n_clusters k) over {J_p : p in P_l} when |P_l| > k, keeping
+  the member closest (cosine) to each centre; else every J_p;
+- adaptive_selection: greedy choice of one J_p per label per round (propagation/selection.py).
+--random_channel takes the Jacobian of one random colour channel (drawn per label) instead of
+the channel mean.
 """
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 
-from models.jacobians import rgb_layer_jacobian
-from models.rays import rays_from_pixels
+from models.cameras import Cameras
+from models.rendering import Renderer
+from propagation.pixels import LabelledPixels, all_rays, label_channels, pixel_jacobians
 from propagation.responses import Directions
-from utils.errors import InputError
-
-
-class LabelledPixels(NamedTuple):
-    """Every labelled pixel of the labelled frame(s), grouped by label."""
-    label_ids: np.ndarray     # [L] sorted evaluation-space class ids (the original's points_label)
-    label_idx: torch.Tensor   # [P] index into label_ids
-    view: torch.Tensor        # [P] index of the labelled frame (0..V-1)
-    v: torch.Tensor           # [P] row
-    u: torch.Tensor           # [P] column
-    rays: torch.Tensor        # [P, 11]
-
-    def of_label(self, l):
-        return (self.label_idx == l).nonzero().flatten()
-
-
-def labelled_pixels(labels, poses, intr, near, far, convention="opencv"):
-    """LabelledPixels of evaluation-space label maps [V, H, W] (-1 = unlabelled) seen from poses [V,4,4]."""
-    labels = torch.as_tensor(labels)
-    view, v, u = (labels >= 0).nonzero(as_tuple=True)
-    values = labels[view, v, u]
-    label_ids = np.unique(values.cpu().numpy()).astype(np.int64)
-    if len(label_ids) == 0:
-        raise InputError("the seeds label no pixel of the labelled frame(s); nothing to propagate")
-    idx = torch.searchsorted(torch.from_numpy(label_ids), values.cpu())
-    poses = torch.as_tensor(poses, dtype=torch.float32)
-    rays = rays_from_pixels(poses[view], v, u, intr, near, far, convention)
-    return LabelledPixels(label_ids, idx, view, v, u, rays)
-
-
-def pixel_jacobians(renderer, rays, train=False, channel=None, chunk=4096, generator=None,
-                    dtype=torch.float64):
-    """([R, 3, F] Jacobians as `dtype`, depth [R]) of rays [R, 11], one render pass (no autograd).
-
-    channel: None (channel mean) or an int / [R] long tensor (--random_channel)."""
-    dev = renderer.device
-    jac, depth = [], []
-    with torch.no_grad():
-        for i in range(0, rays.shape[0], chunk):
-            r = rays[i:i + chunk].to(dev)
-            out = renderer.render_rays(r, train, keep_fine=True, generator=generator, coarse_rgb=False)
-            ch = None
-            if channel is not None:
-                ch = torch.as_tensor(channel, device=dev, dtype=torch.long)
-                ch = ch.expand(r.shape[0]) if ch.dim() == 0 else ch[i:i + chunk]
-            jac.append(rgb_layer_jacobian(out["fine"], ch).to(dtype))
-            depth.append(out["depth"])
-    return torch.cat(jac, 0), torch.cat(depth, 0)
+from propagation.selection import adaptive_selection
+from utils.options import PropagationOptions
 
 
 def cosine_kmeans(x, k, rng, iters=100, tol=1e-4):
-    """Cosine k-means of rows of x [n, d] (torch). Returns centres [k, d].
+    """Cosine k-means of the rows of x [n, d] (torch); returns the centres [k, d].
 
-    As fast_pytorch_kmeans' KMeans(mode='cosine') used by the original: assignment by cosine
-    similarity, centres = mean of their members, stop when the centres move by at most `tol`
-    (squared). Two deliberate differences: the initial centres are chosen by k-means++ on the
-    cosine distance (the original draws them uniformly, which often puts two centres in one
-    cluster and leaves another cluster without a representative), and an empty cluster keeps its
-    previous centre (the original zeroes it, making its representative an arbitrary pixel)."""
+    Initial centres by k-means++ on the cosine distance 1 - cos(x_i, x_j) (the first uniformly,
+    each next one with probability proportional to the squared distance to the nearest chosen
+    centre). Then, at most `iters` times: assign every row to the centre of highest cosine,
+    move each centre to the mean of its members (an empty cluster keeps its centre), stop when
+    the centres moved by at most `tol` (sum of squares). docs/PROPAGATION.md, decision 20,
+    compares this with the original's fast_pytorch_kmeans."""
     n = x.shape[0]
     xn = x / x.norm(dim=1, keepdim=True).clamp(min=1e-8)
     picks = [int(rng.integers(n))]
@@ -112,68 +64,111 @@ def closest_members(x, centres):
     return sim.argmax(dim=0)
 
 
-def direction_rule(exp):
-    """Which direction rule the flags select, in the original's precedence."""
-    if exp.get("adaptive_selection"):
-        return "adaptive_selection"
-    if exp.get("mean_gradient"):
-        return "mean_gradient"
-    if exp.get("gradient_kmeans"):
-        return "gradient_kmeans"
-    if exp.get("mean_response"):
-        return "mean_response"
-    return None
+@dataclass(frozen=True)
+class RuleInputs:
+    """What a direction rule may use."""
+    renderer: Renderer                # checkpoint loaded, evaluation mode
+    pixels: LabelledPixels            # the labelled pixels (rays, labels)
+    cameras: Cameras                  # the V labelled frames
+    labels: torch.Tensor              # [V, H, W] evaluation labels of the labelled frames, -1 = unlabelled
+    num_classes: int                  # C' (evaluation classes)
+    opts: PropagationOptions
+    rng: np.random.Generator
+    chunk: int                        # rays per render call
 
 
-def label_channels(num_labels, random_channel, rng):
-    """--random_channel: one channel per label (the original draws one per Jacobian batch)."""
-    if not random_channel:
-        return [None] * num_labels
-    return [int(c) for c in rng.integers(0, 3, size=num_labels)]
+class ChosenDirections(NamedTuple):
+    """A rule's result."""
+    dirs: Directions
+    kept_pixels: Optional[dict] = None    # k-means: {label index: indices into `pixels` of the kept directions}
+    selection: Optional[dict] = None      # adaptive selection: round mIoU and the responses for the aggregator
 
 
-def label_directions(renderer, pixels, rule, rng, train=False, random_channel=False, n_clusters=10,
-                     chunk=4096, generator=None):
-    """Directions of every label under `rule` ('mean_gradient' | 'mean_response' | 'gradient_kmeans').
-
-    Returns (Directions, info) where info['chosen'] maps label index -> pixel indices (into
-    `pixels`) of the kept directions (k-means), for --visualize_gradients.
-    """
-    num_labels = len(pixels.label_ids)
-    channels = label_channels(num_labels, random_channel, rng)
-    deltas, owners, where, chosen = [], [], [], {}
+def _per_label(inp, pick):
+    """Directions label by label: pick(J [P_l, 3, F], pixel indices [P_l]) -> (deltas [D_l, 3, F],
+    kept pixel indices or None), the Jacobians of every label from one render pass of its pixels."""
+    pixels, num_labels = inp.pixels, len(inp.pixels.label_ids)
+    channels = label_channels(num_labels, inp.opts.random_channel, inp.rng)
+    deltas, owners, kept = [], [], {}
     for l in range(num_labels):
         idx = pixels.of_label(l)
-        jac, _ = pixel_jacobians(renderer, pixels.rays[idx], train, channels[l], chunk, generator)
-        if rule == "mean_gradient":
-            deltas.append(jac.mean(0, keepdim=True))
-            where.append(None)
-        elif rule == "gradient_kmeans" and n_clusters < idx.numel():
-            flat = jac.reshape(jac.shape[0], -1).to(torch.float32)
-            centres = cosine_kmeans(flat, n_clusters, rng)
-            keep = closest_members(flat, centres)
-            deltas.append(jac[keep])
-            chosen[l] = idx[keep.cpu()]
-            where.extend(_pixel_tuples(pixels, idx[keep.cpu()]))
-        else:      # mean_response, or k-means with no more pixels than clusters
-            deltas.append(jac)
-            chosen[l] = idx
-            where.extend(_pixel_tuples(pixels, idx))
-        owners.append(torch.full((deltas[-1].shape[0],), l, dtype=torch.long))
-    dirs = Directions(torch.cat(deltas, 0), torch.cat(owners, 0), num_labels,
-                      where if all(w is not None for w in where) else None)
-    return dirs, dict(chosen=chosen, channels=channels)
+        jac, _ = pixel_jacobians(inp.renderer, pixels.rays[idx], inp.opts.noisy, channels[l], inp.chunk)
+        d, k = pick(jac, idx)
+        deltas.append(d)
+        if k is not None:
+            kept[l] = k
+        owners.append(torch.full((d.shape[0],), l, dtype=torch.long))
+    dirs = Directions(torch.cat(deltas, 0), torch.cat(owners, 0), num_labels)
+    return ChosenDirections(dirs, kept_pixels=kept or None)
 
 
-def _pixel_tuples(pixels, idx):
-    return [(int(pixels.view[i]), int(pixels.v[i]), int(pixels.u[i])) for i in idx.tolist()]
+def mean_gradient(inp):
+    """One direction per label: the mean Jacobian of its labelled pixels."""
+    return _per_label(inp, lambda jac, idx: (jac.mean(0, keepdim=True), None))
 
 
-def gradient_pixel_images(pixels, chosen, num_views, height, width):
+def mean_response(inp):
+    """Every labelled pixel's Jacobian is a direction of its label."""
+    return _per_label(inp, lambda jac, idx: (jac, None))
+
+
+def gradient_kmeans(inp):
+    """Per label, the Jacobians closest to the centres of a cosine k-means (k = n_clusters) of
+    the label's Jacobians; all of them when the label has at most k pixels."""
+    k = inp.opts.n_clusters
+
+    def pick(jac, idx):
+        if k >= idx.numel():
+            return jac, idx
+        flat = jac.reshape(jac.shape[0], -1).to(torch.float32)
+        keep = closest_members(flat, cosine_kmeans(flat, k, inp.rng))
+        return jac[keep], idx[keep.cpu()]
+
+    return _per_label(inp, pick)
+
+
+def adaptive(inp):
+    """propagation/selection.py's rounds on the labelled frames."""
+    rays = all_rays(inp.cameras, inp.renderer.device)
+    dirs, info = adaptive_selection(inp.renderer, inp.pixels, rays, inp.labels, inp.num_classes, inp.opts,
+                                    inp.rng, inp.chunk)
+    return ChosenDirections(dirs, selection=info)
+
+
+@dataclass(frozen=True)
+class DirectionRule:
+    """A direction rule: its --help line and the function choosing the directions."""
+    help: str
+    choose: Callable[[RuleInputs], ChosenDirections]
+
+    def __str__(self):
+        return self.help          # main.py formats the rule's --help line from it
+
+
+# The registry of direction rules: flag -> rule, in the original's precedence order (the first
+# flag given wins). Adding a rule: its function above and an entry here.
+DIRECTION_RULES = {
+    "adaptive_selection": DirectionRule(
+        "dense: greedy selection of one direction per label per round (--num_comb, --num_iters)", adaptive),
+    "mean_gradient": DirectionRule(
+        "one direction per label: the mean Jacobian of its labelled pixels (sparse clicks)", mean_gradient),
+    "gradient_kmeans": DirectionRule(
+        "cosine k-means over a label's Jacobians (--n_clusters); responses averaged", gradient_kmeans),
+    "mean_response": DirectionRule(
+        "every labelled pixel's Jacobian is a direction; responses averaged per label", mean_response),
+}
+
+
+def choose_directions(inp):
+    """ChosenDirections of the rule `inp.opts.rule`."""
+    return DIRECTION_RULES[inp.opts.rule].choose(inp)
+
+
+def gradient_pixel_images(pixels, kept, num_views, height, width):
     """--visualize_gradients: {label id: uint8 image [V*H, W]} with the kept pixels at 255
     (the labelled frames stacked vertically)."""
     images = {}
-    for l, idx in chosen.items():
+    for l, idx in kept.items():
         img = np.zeros((num_views, height, width), dtype=np.uint8)
         img[pixels.view[idx].numpy(), pixels.v[idx].numpy(), pixels.u[idx].numpy()] = 255
         images[int(pixels.label_ids[l])] = img.reshape(num_views * height, width)

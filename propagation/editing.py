@@ -1,4 +1,4 @@
-"""--perturb_gradient: scene editing / selection along a clicked pixel's gradient (spec 7.1).
+"""--perturb_gradient: scene editing / selection along a clicked pixel's gradient.
 
 For each of --N_rays pixels of one training view (a random view and random distinct pixels;
 --sample_fixed: view 0 and evenly spaced pixels) the fine rgb_linear.weight is moved by
@@ -18,14 +18,13 @@ Outputs (the original's layout):
                                    than 1e-3 set to black
       <k>_heatmap.png              |grey-level change| (signed with --no_abs) smoothed by a Gaussian
                                    (sigma 1, 'nearest' border, as scipy.ndimage.gaussian_filter),
-                                   on the viridis ramp between its min and max (utils.colormaps;
-                                   the original drew a seaborn heat map with a colour bar)
-Differences: edits come from one render pass per test view and group of edits (the edited
-colour is exact: only the last layer changes, see responses.py); depth and disparity do not
-change under an rgb_linear edit, so they are written once, in unperturbed_test/; renders are
-deterministic unless --noisy_propagation (then each edit re-renders in training mode).
+                                   on the viridis ramp between its min and max (utils.colormaps)
+The edited colours of a test view come from one render pass per group of edits (exact: only
+the last layer changes, propagation/responses.py); depth and disparity do not change under an
+rgb_linear edit, so they are written once, in unperturbed_test/; renders are deterministic
+unless --noisy_propagation (then each edit re-renders in training mode). docs/PROPAGATION.md,
+decisions 1 and 23, compares this with the original.
 """
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,10 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.rays import image_rays
-from propagation.directions import pixel_jacobians
-from propagation.responses import head_colour_deltas, perturbation_matrices, render_chunks
-from training.render_views import write_renders
+from models.render_views import write_renders
+from propagation.pixels import pixel_jacobians
+from propagation.responses import head_colour_deltas, perturbation_matrices, perturbed_weight, propagation_chunk, \
+    render_chunks
+from propagation.run import restore_checkpoint
+from utils.atomic import write_json_atomic
 from utils.colormaps import depth_to_rgb
 from utils.image_io import to8b, write_png
 from utils.metrics import to_jsonable
@@ -78,49 +79,42 @@ def render_rgb(renderer, rays, chunk, train):
     return renderer.render_chunked(rays, train=train, chunk=chunk, keys=("rgb", "depth", "disp"))
 
 
-def run_perturb_gradient(settings, scene, renderer, save_dir, rng, ckpt_path, step):
-    from propagation.run import propagation_chunk
-    exp = settings.exp
+def perturb_gradient(opts, scene, renderer, rng):
+    """Run the edits of opts.edit (module doc) with the checkpoint opts.ckpt_path; write the
+    outputs into opts.save_dir; return the metrics dict."""
+    edit, save_dir = opts.edit, opts.save_dir
+    step = restore_checkpoint(opts.ckpt_path, renderer)
     t0 = time.perf_counter()
-    convention = exp.get("convention", "opencv")
-    noisy = bool(exp.get("noisy_propagation"))
     dev = renderer.device
-    factor = int(settings.render.get_num("test_viz_factor", 1))
-    h, w = scene.height // factor, scene.width // factor
-    intr = scene.intrinsics.scaled(factor)
-    n = int(exp.get("N_rays", 1024))
+    factor = opts.test_viz_factor
+    train_cams = scene.cameras(scene.train).scaled(factor)
+    test_cams = scene.cameras(scene.test).scaled(factor)
+    h, w = train_cams.height, train_cams.width
     chunk = propagation_chunk(renderer)
-    view, pix = choose_pixels(len(scene.train), h * w, n, bool(exp.get("sample_fixed")), rng)
+    view, pix = choose_pixels(len(scene.train), h * w, edit.n_pixels, edit.sample_fixed, rng)
     n = len(pix)
-    if exp.get("t_iter"):
-        edits_t, colour = [k / 100.0 for k in range(100)], (255, 255, 255)
-    else:
-        edits_t = [float(exp.get("perturb_t", 0.1))]
-        colour = (int(exp.get("perturb_r", 255)), int(exp.get("perturb_g", 255)), int(exp.get("perturb_b", 255)))
+    edits_t = [k / 100.0 for k in range(100)] if edit.t_iter else [edit.perturb_t]
     total = n * len(edits_t)
     print(f"[perturb_gradient] {n} pixel(s) of training view {scene.train.ids[view]} x {len(edits_t)} step(s) t "
           f"= {total} edit(s), each rendering all {len(scene.test)} test views"
           + (f". NOTE: one edit per sampled pixel (--N_rays {n}); pass --N_rays 1 for a single edit"
              if n > 1 else ""), flush=True)
 
-    train_rays = image_rays(scene.train.poses[view].to(dev), h, w, intr, scene.near, scene.far, convention)
+    train_rays = train_cams.image_rays(view, dev)
     pert_dir = os.path.join(save_dir, "perturbed")
-    out = render_rgb(renderer, train_rays, chunk, noisy)
+    out = render_rgb(renderer, train_rays, chunk, edit.noisy)
     train_rgb = out["rgb"].reshape(h, w, 3).clamp(0, 1).cpu()
     write_renders(pert_dir, train_rgb[None], out["depth"].reshape(1, h, w).cpu(), out["disp"].reshape(1, h, w).cpu(),
                   scene.near, scene.far)
 
-    def test_rays(k):
-        return image_rays(scene.test.poses[k].to(dev), h, w, intr, scene.near, scene.far, convention)
-
-    base = [{key: v.cpu() for key, v in render_rgb(renderer, test_rays(k), chunk, noisy).items()}
-            for k in range(len(scene.test))]
+    base = [{key: v.cpu() for key, v in render_rgb(renderer, test_cams.image_rays(k, dev), chunk, edit.noisy).items()}
+            for k in range(len(test_cams))]
     base_rgb = torch.stack([b["rgb"].reshape(h, w, 3).clamp(0, 1) for b in base])
     write_renders(os.path.join(save_dir, "unperturbed_test"), base_rgb,
                   torch.stack([b["depth"].reshape(h, w) for b in base]),
                   torch.stack([b["disp"].reshape(h, w) for b in base]), scene.near, scene.far)
 
-    jac, _ = pixel_jacobians(renderer, train_rays[torch.as_tensor(pix, device=dev)], noisy, None, chunk)
+    jac, _ = pixel_jacobians(renderer, train_rays[torch.as_tensor(pix, device=dev)], edit.noisy, None, chunk)
     rgb8 = to8b(train_rgb.numpy())
     for j, p in enumerate(pix.tolist()):
         marked = rgb8.copy().reshape(-1, 3)
@@ -132,55 +126,43 @@ def run_perturb_gradient(settings, scene, renderer, save_dir, rng, ckpt_path, st
 
     edits = [(j, ti) for j in range(n) for ti in range(len(edits_t))]
     group = max(1, GROUP_BYTES // (h * w * 3 * 4))
-    no_abs = bool(exp.get("no_abs"))
-    pool = ThreadPoolExecutor(max_workers=4)
-    futures = []
-    for g0 in range(0, len(edits), group):
-        chunk_edits = edits[g0:g0 + group]
-        deltas = torch.stack([jac[j] * edits_t[ti] for j, ti in chunk_edits])          # t * J, float64
-        M = perturbation_matrices(deltas, 1.0, colour, dtype=renderer.fine.rgb_linear.weight.dtype, device=dev)
-        for k in range(len(scene.test)):
-            edited = edited_colours(renderer, test_rays(k), M, chunk, noisy)             # [D, N, 3]
-            edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).cpu()
-            for e, (j, ti) in enumerate(chunk_edits):
-                folder = "gradient" if not exp.get("t_iter") else f"gradient_{ti}"
-                path = os.path.join(save_dir, folder, f"perturbed_test_{j}")
-                futures.append(pool.submit(write_edit, path, k, edited[e], base_rgb[k], no_abs))
-    for f in futures:
-        f.result()
-    pool.shutdown()
+    dtype = renderer.fine.rgb_linear.weight.dtype
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = []
+        for g0 in range(0, len(edits), group):
+            chunk_edits = edits[g0:g0 + group]
+            deltas = torch.stack([jac[j] * edits_t[ti] for j, ti in chunk_edits])          # t * J, float64
+            M = perturbation_matrices(deltas, 1.0, edit.colour, dtype=dtype, device=dev)
+            for k in range(len(test_cams)):
+                edited = edited_colours(renderer, test_cams.image_rays(k, dev), M, chunk, edit.noisy)   # [D, N, 3]
+                edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).cpu()
+                for i, (j, ti) in enumerate(chunk_edits):
+                    folder = f"gradient_{ti}" if edit.t_iter else "gradient"
+                    path = os.path.join(save_dir, folder, f"perturbed_test_{j}")
+                    futures.append(pool.submit(write_edit, path, k, edited[i], base_rgb[k], edit.no_abs))
+        for f in futures:
+            f.result()
     seconds = time.perf_counter() - t0
-    metrics = dict(mode="perturb_gradient", checkpoint=ckpt_path, checkpoint_step=step,
+    metrics = dict(mode="perturb_gradient", checkpoint=opts.ckpt_path, checkpoint_step=step,
                    training_view=int(scene.train.ids[view]), pixels=[divmod(int(p), w) for p in pix],
-                   t=edits_t, colour=list(colour), edits=total, test_views=len(scene.test),
-                   deterministic=not noisy, seconds=seconds, outputs=save_dir)
-    with open(os.path.join(save_dir, "metrics.json"), "w") as f:
-        json.dump(to_jsonable(metrics), f, indent=1)
+                   t=edits_t, colour=list(edit.colour), edits=total, test_views=len(scene.test),
+                   deterministic=not edit.noisy, seconds=seconds, outputs=save_dir)
+    write_json_atomic(os.path.join(save_dir, "metrics.json"), to_jsonable(metrics))
     print(f"[perturb_gradient] {total} edit(s) x {len(scene.test)} test views in {seconds:.1f} s; outputs in "
           f"{save_dir}", flush=True)
     return metrics
 
 
 def edited_colours(renderer, rays, M, chunk, noisy):
-    """[D, N, 3] colours of all rays under each edit M[d] (exact, one render pass; or, with
-    --noisy_propagation, one training-mode re-render per edit)."""
-    d = M.shape[0]
+    """[D, N, 3] colours C'_d of all rays under each edit W <- W + M[d]: C + (C'_d - C) from one
+    render pass (exact), or with `noisy` one training-mode re-render per edit."""
     if noisy:
-        weight = renderer.fine.rgb_linear.weight
-        saved = weight.detach().clone()
         outs = []
-        try:
-            for i in range(d):
-                with torch.no_grad():
-                    weight.add_(M[i])
+        for d in range(M.shape[0]):
+            with perturbed_weight(renderer, M[d]):
                 outs.append(renderer.render_chunked(rays, train=True, chunk=chunk, keys=("rgb",))["rgb"])
-                with torch.no_grad():
-                    weight.copy_(saved)
-        finally:
-            with torch.no_grad():
-                weight.copy_(saved)
         return torch.stack(outs)
-    out = torch.empty(d, rays.shape[0], 3, dtype=M.dtype, device=M.device)
+    out = torch.empty(M.shape[0], rays.shape[0], 3, dtype=M.dtype, device=M.device)
     for i, r in render_chunks(renderer, rays, chunk):
         delta = head_colour_deltas(r["fine"], M)                                  # [B, D, 3]
         out[:, i:i + delta.shape[0]] = (r["rgb"][:, None, :] + delta).permute(1, 0, 2)

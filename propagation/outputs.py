@@ -3,53 +3,34 @@
 Per test view i (2D into <save_dir>/, 3D into <save_dir>/test_render/, as the original):
 - `<i>_label<sfx>.png`      label ids in the evaluation space (valid classes 0..C'-1), uint8
                             (uint16 when an id exceeds 255);
-- `<i>_vis_label<sfx>.png`  the colourised label map, in RGB order (the original wrote RGB
-                            arrays with cv2, swapping red and blue);
+- `<i>_vis_label<sfx>.png`  the colourised label map, in RGB order;
 - `<i>_error_map<sfx>.png`  255 where the label differs from the ground truth on non-void
-                            pixels (utils.colormaps.error_map; the original also marked void);
+                            pixels (utils.colormaps.error_map);
 - 3D only: `<i>_gt_label.png`  the ground truth in the same encoding, void = 255 (65535 for
-                            uint16) (the original wrote a float map with -1 saturated to 0);
+                            uint16);
 plus `vis_label<sfx>.mp4`. sfx = '' for the result, '_wo' for the plain argmax when an
 aggregator was trained. PNGs are written by a thread pool after the timed propagation.
+docs/PROPAGATION.md, decision 16, lists how the original's files differ.
 """
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
+from utils.atomic import write_json_atomic, write_text_atomic
 from utils.colormaps import colourise_labels, error_map, label_colormap
 from utils.image_io import write_png, write_video
-from utils.metrics import metrics_from_confusion, metrics_table_markdown, to_jsonable, write_metrics
+from utils.metrics import ConfusionAccumulator, metrics_table_markdown, to_jsonable
 
 
-class DeviceConfusion:
-    """Confusion matrix accumulated on the device, one view at a time (no host sync per view).
-
-    GT pixels that are void (-1) or whose class is not `given` are ignored; predictions outside
-    0..C'-1 are dropped (as sklearn's labels=). `metrics()` is utils.metrics on the matrix."""
-
-    def __init__(self, num_classes, given, device):
-        self.c = int(num_classes)
-        self.conf = torch.zeros(self.c * self.c, dtype=torch.int64, device=device)
-        self.valid = torch.zeros(self.c, dtype=torch.bool, device=device)
-        given = torch.as_tensor(np.asarray(given), dtype=torch.long, device=device)
-        self.valid[given[(given >= 0) & (given < self.c)]] = True
-
-    def add(self, true, pred):
-        t = true.reshape(-1).to(self.conf.device, torch.long)
-        p = pred.reshape(-1).to(self.conf.device, torch.long)
-        keep = (t >= 0) & (t < self.c) & (p >= 0) & (p < self.c)
-        keep &= self.valid[t.clamp(0, self.c - 1)]
-        # scatter_add with a 0/1 weight instead of boolean indexing + bincount: no host sync
-        idx = (t.clamp(0, self.c - 1) * self.c + p.clamp(0, self.c - 1))
-        self.conf.scatter_add_(0, idx, keep.to(torch.int64))
-
-    def matrix(self):
-        return self.conf.reshape(self.c, self.c).cpu().numpy()
-
-    def metrics(self):
-        return metrics_from_confusion(self.matrix(), self.valid.cpu().numpy())
+def seed_class_confusion(num_classes, given, device):
+    """A ConfusionAccumulator (on `device`) of test labels against the ground truth restricted to
+    the seeded classes `given`: GT pixels that are void or of another class are ignored, and the
+    valid-class means run over the given classes."""
+    given_mask = np.isin(np.arange(int(num_classes)), np.asarray(given))
+    return ConfusionAccumulator(num_classes, ignore_labels=(-1, *np.flatnonzero(~given_mask).tolist()),
+                                class_mask=given_mask, device=device)
 
 
 def valid_colour_map(scene, instance=False):
@@ -71,7 +52,6 @@ def class_names(scene, instance=False):
     names = {}
     info = os.path.join(scene.root or "", "scene_info.json")
     if scene.root and os.path.isfile(info):
-        import json
         try:
             with open(info) as f:
                 names = {int(k): v for k, v in json.load(f).get("classes", {}).items()}
@@ -120,15 +100,14 @@ def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, 
 
 
 def finish_metrics(save_dir, metrics, wo=None, names=None, title="propagation"):
-    """Write metrics.json / metrics.md (both rows when there is a plain-argmax result too) and
-    return the Markdown table."""
+    """Write metrics.json (NaN as null) and metrics.md (a row for the plain-argmax result too
+    when there is one), each atomically; return the Markdown table."""
     if wo is not None:
         metrics["without_aggregator"] = wo
-    write_metrics(save_dir, metrics, class_names=names)
+    write_json_atomic(os.path.join(save_dir, "metrics.json"), to_jsonable(metrics))
     rows = {title: metrics} if wo is None else {f"{title} (aggregator)": metrics, f"{title} (argmax, _wo)": wo}
     table = metrics_table_markdown(rows, names)
-    with open(os.path.join(save_dir, "metrics.md"), "w") as f:
-        f.write(f"# {title}\n\n" + table)
+    write_text_atomic(os.path.join(save_dir, "metrics.md"), f"# {title}\n\n" + table)
     return table
 
 

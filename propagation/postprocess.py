@@ -1,4 +1,4 @@
-"""From response maps to label indices (spec 5.5 step 3, 5.6 steps 5-6), batched in torch.
+"""From response maps to label indices, batched in torch.
 
 2D, per image and per channel (the original's numpy/OpenCV loop, for all channels at once):
   1. clip at 0.8 (values above 0.8 become 0.8; with --no_abs negative values stay);
@@ -6,8 +6,8 @@
      and sigma 0), border reflect-101 (OpenCV's default), over H and W;
   3. divide by (max + 1e-7);
   4. all zeros when std < 0.05 and mean < 0.01 ("this label is not in the view");
-then argmax over channels. The original also takes a softmax over channels (twice) first; it does
-not change the argmax, so it is only applied where it matters (--spatial multiplies it).
+then argmax over channels (a softmax over channels comes first only where it changes the result:
+--spatial multiplies it by distance weights; docs/PROPAGATION.md, decision 19).
 
 3D: optional per-image max normalisation (--normalize_2d), then argmax.
 """

@@ -1,9 +1,10 @@
 """Responses of pixels (2D) and 3D sample points to weight perturbations, in one render pass.
 
 Propagation perturbs only the fine `rgb_linear.weight`: W <- W + M_d with
-M_d = t * diag(r, g, b)/255 * Delta_d (spec 5.4). Density, sample positions, compositing weights
-w_i and the 128-d inputs h_i of `rgb_linear` do not change, so one render pass that keeps
-(w_i, z_i, h_i) gives every direction's perturbed colour exactly (spec 5.8):
+M_d = t * diag(r, g, b)/255 * Delta_d (Delta_d a direction [3, F], t = --perturb_t). Density,
+sample positions, compositing weights w_i and the F-dimensional inputs h_i of `rgb_linear` do not
+change, so one render pass that keeps (w_i, z_i, h_i) gives every direction's perturbed colour
+exactly:
 
     z'_i = z_i + M_d h_i                            (logits of the perturbed last layer)
     2D:  R_d(p) = mean_c | sum_i w_i (sigmoid(z'_ic) - sigmoid(z_ic)) |   (= mean_c |C' - C|)
@@ -16,9 +17,11 @@ per direction, --merge_instance). Everything is chunked over rays and over direc
 memory stays bounded for any number of directions and views.
 
 `rerender_responses_2d` is the original's procedure (perturb the real weight, re-render,
-restore), used for --noisy_propagation, where every render draws its own noise and jitter.
+restore: `perturbed_weight`), used for --noisy_propagation, where every render draws its own
+noise and jitter.
 """
-from typing import NamedTuple, Optional
+import contextlib
+from typing import NamedTuple
 
 import torch
 
@@ -31,17 +34,10 @@ class Directions(NamedTuple):
     deltas: torch.Tensor          # [D, 3, F] float64: Jacobians (or their means) of labelled pixels
     owner: torch.Tensor           # [D] long: index into the label list (0..L-1)
     num_labels: int               # L
-    pixels: Optional[list] = None  # per direction: (view, v, u) of its pixel, or None for means
 
     @property
     def count(self):
         return int(self.deltas.shape[0])
-
-    def select(self, keep):
-        """Directions whose index is in `keep` (list/tensor of ints), owners unchanged."""
-        keep = torch.as_tensor(keep, dtype=torch.long)
-        px = [self.pixels[i] for i in keep.tolist()] if self.pixels is not None else None
-        return Directions(self.deltas[keep], self.owner[keep], self.num_labels, px)
 
 
 def perturbation_matrices(deltas, t, rgb=(255, 255, 255), dtype=torch.float32, device=None):
@@ -135,12 +131,34 @@ def point_responses_3d(fine, M, no_abs=False):
 
 # ----------------------------------------------------------------------------- whole views
 
+def propagation_chunk(renderer):
+    """Rays per render call: about 4M coarse + fine points on CUDA, 128k on the CPU."""
+    s = renderer.opts.n_samples + renderer.opts.n_importance
+    points = 1 << 22 if renderer.device.type == "cuda" else 1 << 17
+    return max(256, points // s)
+
+
 def render_chunks(renderer, rays, chunk, train=False, generator=None):
     """Yield (start, render dict with 'fine') for consecutive ray chunks, without gradients."""
     with torch.no_grad():
         for i in range(0, rays.shape[0], chunk):
             r = rays[i:i + chunk].to(renderer.device, non_blocking=True)
             yield i, renderer.render_rays(r, train, keep_fine=True, generator=generator, coarse_rgb=False)
+
+
+@contextlib.contextmanager
+def perturbed_weight(renderer, delta):
+    """Inside the block the fine rgb_linear.weight W is W + delta ([3, F]); afterwards (also on
+    an error) it is the exact original W again (a saved copy, not W + delta - delta)."""
+    weight = renderer.fine.rgb_linear.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(delta.to(weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
 
 
 def view_responses(renderer, rays, M, mixers, kind="2d", no_abs=False, chunk=8192, train=False,
@@ -170,38 +188,21 @@ def view_responses(renderer, rays, M, mixers, kind="2d", no_abs=False, chunk=819
 
 def rerender_responses_2d(renderer, rays, M, mixers, no_abs=False, chunk=8192, train=False,
                           generator=None, want_depth=False):
-    """The original's 2D procedure: render once, then for each direction perturb the fine
-    rgb_linear.weight in place, render again, restore the exact original weight.
+    """The original's 2D procedure: render once, then for each direction render again with the
+    weight perturbed by M[d] (`perturbed_weight`); R_d = mean_c |C'_d - C| (signed with no_abs).
 
     Same return as `view_responses`. Costs 1 + D renders; used for --noisy_propagation (each
     render draws its own noise, as the original's training-mode renders) and as a reference.
     """
-    weight = renderer.fine.rgb_linear.weight
-    dev = renderer.device
+    def render(keys):
+        return renderer.render_chunked(rays, train=train, chunk=chunk, keys=keys, generator=generator)
 
-    def render_rgb():
-        parts, depths = [], []
-        with torch.no_grad():
-            for i in range(0, rays.shape[0], chunk):
-                out = renderer.render_rays(rays[i:i + chunk].to(dev), train, generator=generator, coarse_rgb=False)
-                parts.append(out["rgb"])
-                depths.append(out["depth"])
-        return torch.cat(parts, 0), torch.cat(depths, 0)
-
-    base, depth = render_rgb()
-    resp = torch.empty(rays.shape[0], M.shape[0], dtype=base.dtype, device=dev)
-    saved = weight.detach().clone()
-    try:
-        for d in range(M.shape[0]):
-            with torch.no_grad():
-                weight.add_(M[d].to(weight.dtype))
-            rgb, _ = render_rgb()
-            with torch.no_grad():
-                weight.copy_(saved)
-            diff = rgb - base
-            resp[:, d] = diff.mean(-1) if no_abs else diff.abs().mean(-1)
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
+    first = render(("rgb", "depth"))
+    base = first["rgb"]
+    resp = torch.empty(rays.shape[0], M.shape[0], dtype=base.dtype, device=renderer.device)
+    for d in range(M.shape[0]):
+        with perturbed_weight(renderer, M[d]):
+            diff = render(("rgb",))["rgb"] - base
+        resp[:, d] = diff.mean(-1) if no_abs else diff.abs().mean(-1)
     outs = [resp @ a.to(resp.dtype) for a in mixers]
-    return outs, (depth if want_depth else None)
+    return outs, (first["depth"] if want_depth else None)

@@ -1,58 +1,44 @@
-"""--adaptive_selection: greedy choice of one direction per label per round on the labelled view
-(spec 5.7), with all candidate responses of a round computed from one cached render pass.
+"""--adaptive_selection: greedy choice of one direction per label per round on the labelled
+frame(s), with all candidate responses of a round computed from one cached render pass.
 
-Round i (num_iters rounds):
-1. for every label draw num_comb of its labelled pixels uniformly with replacement (as the
-   original); candidate k pairs the k-th draw of every label (as the original);
-2. the Jacobians of all L * num_comb drawn pixels come from one render pass of their rays;
-3. every candidate direction's 2D response on the labelled view comes from the cached pass of the
-   labelled view (its compositing weights, logits and rgb_linear inputs);
-4. candidate k's response for label l is the mean of the raw responses of the label's directions
-   selected so far and its own candidate; it is post-processed like a test view and labelled by
-   argmax; the candidate is scored by mIoU against the labelled frame(s) (the metric of
-   utils/metrics.py, classes absent from the seeds and void ignored, mean over labelled frames);
-5. the best candidate's L directions are selected.
-
-Decisions against the original (README of docs/PROPAGATION.md): the best candidate of every round
-is kept (the original compares with a `max_miou` that is never updated, so it keeps the best one
-too, but loops forever when every mIoU is 0 or NaN; here such a round keeps candidate 0 and the
-loop always ends); the running mean is a plain mean of the selected directions' responses (the
-original's nested average weighs early rounds more, and its in-place clip also clips the stored
-responses), so a candidate is scored on exactly the response that test views will see; the 3x3
-blur acts over H and W as on the test views (the original's blur of a [1, H, W] array acts along
-H only).
+Round i of num_iters, with L labels and K = num_comb:
+1. for every label draw K of its labelled pixels uniformly with replacement; candidate k pairs
+   the k-th draw of every label;
+2. the Jacobians J of all L * K drawn pixels come from one render pass of their rays;
+3. every candidate direction's 2D response R [N, L*K] on the labelled view(s) (N pixels) comes
+   from the cached pass of the labelled view(s) (compositing weights, logits, rgb_linear inputs);
+4. candidate k's response for label l is (S_l + R_lk) / i, S_l the sum of the raw responses of
+   the label's directions selected in the i - 1 earlier rounds; it is post-processed like a test
+   view (propagation/postprocess.py) and labelled by argmax; the candidate's score is its mIoU
+   against the labelled frame(s) (void and classes absent from the seeds ignored, nan-mean of
+   the per-frame mIoU);
+5. the best candidate's L directions are selected (candidate 0 when no candidate has a finite
+   score).
+docs/PROPAGATION.md (decisions 9-12) compares this with the original's loop.
 """
 import math
 
-import numpy as np
 import torch
 
-from propagation.directions import label_channels, pixel_jacobians
+from propagation.pixels import label_channels, pixel_jacobians
 from propagation.postprocess import postprocess_2d
 from propagation.responses import Directions, perturbation_matrices, render_chunks, \
     rerender_responses_2d, responses_2d
+from utils.metrics import class_ious, confusion_counts
 
 
 def batched_miou(true, preds, num_classes, valid_class):
-    """mIoU (nan-mean IoU, the original's first output) of each prediction.
+    """mIoU (nan-mean of the class IoUs, the original's first output) of each prediction.
 
     true [V, H, W] long (evaluation labels, -1 = void); preds [K, V, H, W] long;
     valid_class [C] bool: GT pixels of other classes (and void) are ignored.
-    Returns [K] float64: the mean over views of each view's mIoU (NaN views skipped)."""
+    Returns [K] float64: the nan-mean over views of each view's mIoU."""
     k, v = preds.shape[:2]
-    c = int(num_classes)
-    t = true.reshape(v, -1)
-    keep = (t >= 0) & (t < c)
-    keep &= valid_class.to(t.device)[t.clamp(0, c - 1)]
+    t = true.reshape(1, v, -1)
     p = preds.reshape(k, v, -1)
-    keep_p = keep[None].expand(k, -1, -1) & (p >= 0) & (p < c)
-    base = (torch.arange(k, device=p.device)[:, None, None] * v
-            + torch.arange(v, device=p.device)[None, :, None]) * (c * c)
-    flat = base + t[None].clamp(0, c - 1) * c + p.clamp(0, c - 1)
-    conf = torch.bincount(flat[keep_p], minlength=k * v * c * c).reshape(k, v, c, c).to(torch.float64)
-    diag = torch.diagonal(conf, dim1=-2, dim2=-1)
-    union = conf.sum(-1) + conf.sum(-2) - diag
-    iou = diag / union                                    # NaN where 0/0
+    conf = confusion_counts(t.expand(k, -1, -1).reshape(k * v, -1), p.reshape(k * v, -1), num_classes,
+                            valid_class).reshape(k, v, num_classes, num_classes).to(torch.float64)
+    iou = class_ious(conf)                                # NaN where 0/0
     valid = ~torch.isnan(iou)
     miou_view = torch.where(valid, iou, torch.zeros_like(iou)).sum(-1) / valid.sum(-1)   # NaN if none
     ok = ~torch.isnan(miou_view)
@@ -91,7 +77,8 @@ def _memory_budget(device):
 
 
 def candidate_responses(cache, M, no_abs, noisy, renderer=None, rays=None, chunk=None, generator=None):
-    """[N, D] raw 2D responses of the labelled view(s) to every candidate direction."""
+    """[N, D] raw 2D responses of the labelled view(s) to every candidate direction M [D, 3, F]:
+    from the cached pass, or with `noisy` by re-rendering per direction in training mode."""
     if noisy:
         eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
         outs, _ = rerender_responses_2d(renderer, rays, M, [eye], no_abs, chunk, True, generator)
@@ -105,18 +92,19 @@ def candidate_responses(cache, M, no_abs, noisy, renderer=None, rays=None, chunk
 
 
 def adaptive_selection(renderer, pixels, view_rays, true, num_classes, opts, rng, chunk=8192,
-                       generator=None, log=print, keep_candidates=False):
-    """Run the rounds. Returns (Directions [L * num_iters] ordered label-major, round-minor,
-    info dict with per-round mIoU, the per-round cumulative responses [num_iters, N, L] and the
-    selected directions' individual responses [N, D] (for the aggregator)).
+                       generator=None, log=print):
+    """Run the rounds (module doc). Returns (Directions [L * num_iters] ordered label-major,
+    round-minor; info dict with the per-round best mIoU `round_miou`, the cumulative mean
+    responses after each round `cumulative` [num_iters, N, L] and the selected directions'
+    own responses `per_direction` [N, L * num_iters], the aggregator's training data).
 
     pixels: LabelledPixels of the labelled frame(s) (the candidates are drawn from them);
     view_rays [V*H*W, 11]: every ray of the labelled frame(s); true [V, H, W] evaluation labels;
-    opts: dict-like with num_comb, num_iters, perturb_t, no_abs, random_channel, noisy.
+    opts: PropagationOptions (num_comb, num_iters, perturb_t, no_abs, random_channel, noisy).
     """
     num_labels = len(pixels.label_ids)
-    num_comb, num_iters = int(opts["num_comb"]), int(opts["num_iters"])
-    t, no_abs, noisy = float(opts["perturb_t"]), bool(opts["no_abs"]), bool(opts["noisy"])
+    num_comb, num_iters = opts.num_comb, opts.num_iters
+    t, no_abs, noisy = opts.perturb_t, opts.no_abs, opts.noisy
     dtype = renderer.fine.rgb_linear.weight.dtype
     dev = renderer.device
     v, h, w = true.shape
@@ -132,7 +120,7 @@ def adaptive_selection(renderer, pixels, view_rays, true, num_classes, opts, rng
     for i in range(num_iters):
         draws = [m[torch.as_tensor(rng.integers(0, m.numel(), size=num_comb))] for m in members]
         idx = torch.cat(draws)                                        # label-major: l * num_comb + k
-        channels = label_channels(num_labels, opts.get("random_channel"), rng)
+        channels = label_channels(num_labels, opts.random_channel, rng)
         if any(c is not None for c in channels):
             ch = torch.tensor([c for c in channels for _ in range(num_comb)], dtype=torch.long)
         else:
@@ -161,4 +149,4 @@ def adaptive_selection(renderer, pixels, view_rays, true, num_classes, opts, rng
     owner = torch.arange(num_labels).repeat_interleave(num_iters)
     per_dir = torch.stack(selected_resp, 2).reshape(v * h * w, num_labels * num_iters)  # label-major
     info = dict(round_miou=mious, cumulative=torch.stack(cumulative, 0), per_direction=per_dir)
-    return Directions(deltas, owner, num_labels, None), info
+    return Directions(deltas, owner, num_labels), info

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from models.rays import image_rays
 from propagation.aggregator import aggregate
 from propagation.postprocess import labels_2d, labels_3d, normalise_per_image, spatial_weights
 from propagation.responses import rerender_responses_2d, view_responses
@@ -53,20 +53,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def propagate_views(renderer, poses, height, width, intr, near, far, plan, confusion=None,
-                    confusion_wo=None, gt=None, convention="opencv", progress=True):
-    """Label every view of `poses` [T, 4, 4]. gt: [T, h, w] evaluation labels for the confusions."""
-    from tqdm import tqdm
+def propagate_views(renderer, cameras, plan, confusion=None, confusion_wo=None, gt=None, progress=True):
+    """Label every view of `cameras` (models.cameras.Cameras, at the resolution to label).
+
+    gt: [T, h, w] evaluation labels; `confusion` (and `confusion_wo` for the plain argmax next to
+    an aggregator) accumulate (gt, labels) per view (utils.metrics.ConfusionAccumulator)."""
     dev = renderer.device
+    height, width = cameras.height, cameras.width
     res = TestResult()
     _sync(dev)
     t0 = time.perf_counter()
     want_depth = plan.seed_points is not None
-    poses_dev = poses.to(dev, torch.float32)
     gt_dev = gt.to(dev) if gt is not None else None
-    for i in tqdm(range(poses.shape[0]), desc=f"propagate {plan.kind.upper()}", leave=False,
+    for i in tqdm(range(len(cameras)), desc=f"propagate {plan.kind.upper()}", leave=False,
                   dynamic_ncols=True, disable=not progress):
-        rays = image_rays(poses_dev[i], height, width, intr, near, far, convention)
+        rays = cameras.image_rays(i, dev, torch.float32)
         if plan.kind == "2d" and plan.noisy_2d:
             outs, depth = rerender_responses_2d(renderer, rays, plan.M, [plan.mixer], plan.no_abs,
                                                 plan.chunk, True, want_depth=want_depth)

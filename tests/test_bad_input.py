@@ -78,8 +78,42 @@ def test_flag_combinations(tmp_path, data, capsys):
     rc, _, err = run_main(capsys, cfg, tmp_path / "o", "--propagate_2d")
     assert_clean_failure(rc, err, str(tmp_path / "o"), "--propagate_2d needs --ckpt_path")
     rc, _, err = run_main(capsys, cfg, tmp_path / "o", "--resume")
-    assert_clean_failure(rc, err, str(tmp_path / "o"), "--resume needs --ckpt_path")
+    assert_clean_failure(rc, err, str(tmp_path / "o"), "--resume: no checkpoint in", "to continue from")
     rc, _, err = run_main(capsys, cfg, tmp_path / "o", "--gt_feature_sim", "--contrastive_2d")
     assert_clean_failure(rc, err, str(tmp_path / "o"), "--gt_feature_sim needs descriptors")
     rc, _, err = run_main(capsys, cfg, "")
     assert rc != 0 and "--save_dir is required" in err
+
+
+def test_depth_that_is_8_bit_or_rgb(tmp_path, data, capsys):
+    import imageio.v3 as iio
+    iio.imwrite(data / "depth" / "depth_5.png", np.full((12, 16), 40, np.uint8))
+    rc, _, err = run_main(capsys, write_config(tmp_path, data), tmp_path / "out")
+    assert_clean_failure(rc, err, str(tmp_path / "out"), "depth_5.png", "uint8 depth; expected uint16 millimetres")
+    iio.imwrite(data / "depth" / "depth_5.png", np.full((12, 16, 3), 40, np.uint8))
+    rc, _, err = run_main(capsys, write_config(tmp_path, data), tmp_path / "out2")
+    assert_clean_failure(rc, err, str(tmp_path / "out2"), "depth_5.png", "3-channel image")
+
+
+def test_frame_of_another_size(tmp_path, data, capsys):
+    import imageio.v3 as iio
+    iio.imwrite(data / "rgb" / "rgb_5.png", np.zeros((24, 32, 3), np.uint8))
+    rc, _, err = run_main(capsys, write_config(tmp_path, data), tmp_path / "out")
+    assert_clean_failure(rc, err, str(tmp_path / "out"), "rgb_5.png is 32x24", "one size")
+    iio.imwrite(data / "rgb" / "rgb_5.png", np.zeros((12, 16, 3), np.uint8))
+    iio.imwrite(data / "semantic_class" / "semantic_class_5.png", np.zeros((12, 15), np.uint8))
+    rc, _, err = run_main(capsys, write_config(tmp_path, data), tmp_path / "out2")
+    assert_clean_failure(rc, err, str(tmp_path / "out2"), "semantic_class_5.png is 15x12", "rgb_5.png is 16x12")
+
+
+def test_config_size_with_another_aspect_ratio(tmp_path, data, capsys):
+    rc, _, err = run_main(capsys, write_config(tmp_path, data, width=16, height=16), tmp_path / "out")
+    assert_clean_failure(rc, err, str(tmp_path / "out"), "16x16 has another aspect ratio than the frames (16x12")
+
+
+def test_non_finite_descriptors(tmp_path, data, capsys):
+    t = torch.zeros(1, 1, 35, 384)
+    t[0, 0, 3, 7] = float("nan")
+    torch.save(t, data / "dino" / "dino_5.pth")
+    rc, _, err = run_main(capsys, write_config(tmp_path, data), tmp_path / "out", "--load_dino")
+    assert_clean_failure(rc, err, str(tmp_path / "out"), "dino_5.pth", "1 non-finite descriptor values")

@@ -4,16 +4,18 @@ import os
 import pytest
 import torch
 
+from datasets.registry import load_scene
+from main import parse_options
+from models.checkpoints import apply_checkpoint, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from models.factory import build_renderer
+from tests.cli_helpers import write_config
 from tests.tiny_scene import write_tiny_replica
-from training.checkpoints import apply_checkpoint, load_checkpoint, save_checkpoint
 from training.trainer import Trainer, build_optimizer
-from utils.config import parse_settings
 from utils.errors import InputError
 
 
 def original_layout(input_ch=63, views_ch=27, W=256, D=8, skip=4):
-    """Parameter names and shapes of the original NeRF, in its module order, from the spec (3.2)."""
+    """Parameter names and shapes of the original NeRF, in its module order."""
     shapes = [("pts_linears.0", (W, input_ch))]
     for i in range(1, D):
         shapes.append((f"pts_linears.{i}", (W, W + input_ch) if i == skip + 1 else (W, W)))
@@ -38,9 +40,10 @@ def original_style_checkpoint(gen):
             "optimizer_state_dict": {"state": state, "param_groups": groups}}
 
 
-def full_settings(save_dir, extra=()):
-    _, s = parse_settings(["--config_file", "configs/replica_room0_config.yaml", "--save_dir", save_dir, *extra])
-    return s
+def full_options(save_dir, extra=()):
+    """RunOptions of the paper's Replica config (the original's 8 x 256 networks)."""
+    _, opts = parse_options(["--config_file", "configs/replica_room0_config.yaml", "--save_dir", save_dir, *extra])
+    return opts
 
 
 def test_layout_has_the_original_parameter_count():
@@ -52,8 +55,8 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     data = original_style_checkpoint(gen)
     path = str(tmp_path / "orig.ckpt")
     torch.save(data, path)
-    s = full_settings(str(tmp_path))
-    r = build_renderer(s, torch.device("cpu"))
+    opts = full_options(str(tmp_path))
+    r = build_renderer(opts.model, torch.device("cpu"))
     opt = build_optimizer(r, 5e-4)
     apply_checkpoint(path, load_checkpoint(path), r, opt)
     for k, v in data["network_fine_state_dict"].items():
@@ -77,8 +80,8 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
 
 
 def test_wrong_architecture_and_non_checkpoints_are_refused(tmp_path):
-    s = full_settings(str(tmp_path))
-    r = build_renderer(s, torch.device("cpu"))
+    opts = full_options(str(tmp_path))
+    r = build_renderer(opts.model, torch.device("cpu"))
     small = {k: torch.zeros(1) for k in r.fine.state_dict()}
     torch.save({"global_step": 0, "network_coarse_state_dict": small, "network_fine_state_dict": small}, tmp_path / "w.ckpt")
     with pytest.raises(InputError, match="does not match the network"):
@@ -94,8 +97,8 @@ def test_wrong_architecture_and_non_checkpoints_are_refused(tmp_path):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    s = full_settings(str(tmp_path))
-    r = build_renderer(s, torch.device("cpu"))
+    opts = full_options(str(tmp_path))
+    r = build_renderer(opts.model, torch.device("cpu"))
     path = str(tmp_path / "latest.ckpt")
     save_checkpoint(path, 1, r)
     before = open(path, "rb").read()
@@ -111,25 +114,32 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["latest.ckpt"]
 
 
-def tiny_training_settings(data, save, extra=()):
-    _, s = parse_settings(["--config_file", "configs/synthetic_room.yaml", "--save_dir", save,
-                           "--N_rays", "32", "--N_samples", "8", "--N_importance", "8", "--seed", "5", *extra])
-    s.exp["dataset_dir"] = data
-    s.exp["width"], s.exp["height"] = 16, 12
-    s.model["netwidth"] = s.model["netwidth_fine"] = 16
-    return s
+def test_latest_checkpoint_is_the_highest_step(tmp_path):
+    assert latest_checkpoint(str(tmp_path)) is None
+    r = build_renderer(full_options(str(tmp_path)).model, torch.device("cpu"))
+    for step in (9, 120, 30):
+        save_checkpoint(checkpoint_path(str(tmp_path), step), step, r)
+    (tmp_path / "checkpoints" / "notes.ckpt").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "000120.ckpt")
+
+
+def tiny_training_options(tmp_path, data, save, extra=()):
+    """RunOptions of the synthetic-room config on the tiny scene `data` (16 x 12, width-16 networks)."""
+    config = write_config(tmp_path, data, width=16, height=12, netwidth=16)
+    _, opts = parse_options(["--config_file", config, "--save_dir", save, "--N_rays", "32", "--N_samples", "8",
+                             "--N_importance", "8", "--seed", "5", *extra])
+    return opts
 
 
 def test_resume_reproduces_the_next_step(tmp_path):
-    from datasets.loading import load_scene
     data = str(tmp_path / "data")
     write_tiny_replica(data, n_frames=11)
 
     def make(save, extra=()):
-        s = tiny_training_settings(data, save, extra)
+        opts = tiny_training_options(tmp_path, data, save, extra)
         torch.manual_seed(0)
-        r = build_renderer(s, torch.device("cpu"))
-        return Trainer(s, load_scene(s), r, save, base_seed=5, log=False)
+        r = build_renderer(opts.model, torch.device("cpu"))
+        return Trainer(opts.train, load_scene(opts.data), r, save, seed=5, log=False)
 
     a = make(str(tmp_path / "a"))
     for step in range(4):

@@ -5,11 +5,9 @@ import os
 
 import pytest
 
-import main as jnerf_main
-import training.demo as demo
-from tests.test_propagation_helpers import one_thread  # noqa: F401
+import experiments.demo as demo
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def test_demo_pipeline_runs_and_compares_plain_with_shaped(tmp_path, monkeypatch, capsys):
@@ -20,7 +18,7 @@ def test_demo_pipeline_runs_and_compares_plain_with_shaped(tmp_path, monkeypatch
     monkeypatch.setitem(demo.DEMO, "n_samples", 8)
     monkeypatch.setitem(demo.DEMO, "n_importance", 8)
     root = tmp_path / "demo"
-    assert jnerf_main.main(["--demo", "--save_dir", str(root), "--N_iters", "20"]) == 0
+    assert demo.main(["--save_dir", str(root), "--N_iters", "20"]) == 0
     runs = {}
     for name in ("propagate_2d_plain", "propagate_2d_jnerf", "propagate_3d_plain", "propagate_3d_jnerf"):
         with open(root / name / "metrics.json") as f:
@@ -39,3 +37,14 @@ def test_demo_pipeline_runs_and_compares_plain_with_shaped(tmp_path, monkeypatch
                                                 "propagate_3d_jnerf")]
     assert values == pytest.approx(expected, abs=0.006)
     assert "2D JacobiNeRF" in capsys.readouterr().out
+
+
+def test_main_demo_flag_runs_the_demo_script(tmp_path, capsys):
+    """`main.py --demo` runs `python -m experiments.demo` (here stopped at once by a bad --N_iters)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "main.py", "--demo", "--save_dir", str(tmp_path / "d"), "--N_iters", "0"],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 2
+    assert "error: --N_iters 0: expected at least 1 step" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -15,16 +15,14 @@ import pytest
 import yaml
 
 import main as jnerf_main
-from tests.test_propagation_helpers import one_thread  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]   # one_thread: tests/conftest.py
 
 MEASURED = 20.33   # dB, the measured run (see the docstring)
 MARGIN = 2.0
 
 
 def test_plain_nerf_learns_the_synthetic_room(tmp_path):
-    from datasets.replica import ReplicaLoader  # noqa: F401  (import check: the loader reads the scene)
     from datasets.synthetic import generate_scene
     data = tmp_path / "data"
     generate_scene(str(data), frames=50, width=40, height=30, seed=0, dino=False, workers=1, stats=False)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from datasets import dino_io
 from datasets import extract_dino as ex
-from datasets.replica import load_feature_store
+from datasets.descriptors import load_feature_store
 from models import vit
 from tests.tiny_scene import write_tiny_replica
 

@@ -8,17 +8,13 @@ float64, to float32 rounding in float32.
 import pytest
 import torch
 
-import models.nerf as nerf_mod
 from models.encoding import PositionalEncoding
-from models.nerf import NeRF
+from models.nerf import InferenceOptions, NeRF
 from models.rendering import Renderer, RenderOptions
 
 
-@pytest.fixture
-def switches():
-    saved = (nerf_mod.FUSED_INFERENCE, nerf_mod.PAD_K, nerf_mod.COMPOSE_HEAD)
-    yield
-    nerf_mod.FUSED_INFERENCE, nerf_mod.PAD_K, nerf_mod.COMPOSE_HEAD = saved
+def test_fast_paths_are_on_by_default():
+    assert NeRF(W=32).inference == InferenceOptions(fused=True, pad_k=True, compose_head=True)
 
 
 def _eager(net, x, d):
@@ -29,7 +25,7 @@ def _eager(net, x, d):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("pad,compose", [(True, True), (False, True), (True, False), (False, False)])
-def test_fused_field_equals_layered_field(switches, dtype, tol, pad, compose):
+def test_fused_field_equals_layered_field(dtype, tol, pad, compose):
     torch.manual_seed(0)
     net = NeRF(W=64).to(dtype)
     for p in net.parameters():         # non-zero biases and weights of realistic scale
@@ -37,7 +33,7 @@ def test_fused_field_equals_layered_field(switches, dtype, tol, pad, compose):
     x = torch.randn(7, 11, 63, dtype=dtype)
     d = torch.randn(7, 1, 27, dtype=dtype)
     ref = _eager(net, x, d)
-    nerf_mod.FUSED_INFERENCE, nerf_mod.PAD_K, nerf_mod.COMPOSE_HEAD = True, pad, compose
+    net.inference = InferenceOptions(fused=True, pad_k=pad, compose_head=compose)
     with torch.no_grad():
         got = net(x, d)
         sigma = net.density(x)
@@ -47,7 +43,7 @@ def test_fused_field_equals_layered_field(switches, dtype, tol, pad, compose):
     assert torch.allclose(sigma, ref[1], rtol=tol, atol=tol * ref[1].abs().max())
 
 
-def test_image_render_without_coarse_colour_equals_full_render(switches):
+def test_image_render_without_coarse_colour_equals_full_render():
     torch.manual_seed(1)
     coarse, fine = NeRF(W=32).double(), NeRF(W=32).double()
     r = Renderer(coarse, fine, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
@@ -56,9 +52,9 @@ def test_image_render_without_coarse_colour_equals_full_render(switches):
     dirs = torch.nn.functional.normalize(torch.randn(40, 3, dtype=torch.float64), dim=-1)
     rays = torch.cat((o, dirs, torch.full((40, 1), 0.1, dtype=torch.float64),
                       torch.full((40, 1), 4.0, dtype=torch.float64), dirs), 1)
-    nerf_mod.FUSED_INFERENCE = False
+    r.set_inference(InferenceOptions(fused=False))
     ref = r.render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc", "rgb_coarse"))
-    nerf_mod.FUSED_INFERENCE = True
+    r.set_inference(InferenceOptions(fused=True, pad_k=True, compose_head=True))
     fast = r.render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc"))
     for k in ("rgb", "depth", "acc"):
         assert torch.allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12), k
@@ -71,7 +67,7 @@ def test_half_engine_follows_the_float32_render(dtype):
     """--precision fp16: the field runs in half precision without autograd, outputs cast back.
     The render must stay within half-precision rounding of the float32 render (float16 keeps
     11 significant bits, bfloat16 8), and passes with autograd must ignore the engine."""
-    from tests.test_propagation_helpers import tiny_renderer
+    from tests.tiny_models import tiny_renderer
     r = tiny_renderer(seed=2, width=32, n_samples=16, n_importance=16, dtype=torch.float32)
     r.opts.netchunk = 200
     gen = torch.Generator().manual_seed(3)

@@ -1,10 +1,11 @@
-"""Batched per-ray Jacobians against the original's method: one autograd.grad per ray (float64)."""
+"""Batched per-ray Jacobians against the original's method: one autograd.grad per ray (float64,
+models/_reference.loop_jacobians)."""
 import pytest
 import torch
 
+from models._reference import loop_jacobians
 from models.encoding import PositionalEncoding
-from models.jacobians import (jacobian_size, ray_jacobians, ray_scalar, sample_points, subset_names,
-                              subset_parameters)
+from models.jacobians import jacobian_size, ray_jacobians, sample_points, subset_names, subset_parameters
 from models.nerf import NeRF
 from models.rendering import Renderer, RenderOptions
 
@@ -26,16 +27,6 @@ def random_rays(n, seed=1, dtype=torch.float64):
     d[:, 2] = d[:, 2].abs() + 1.0
     vd = d / d.norm(dim=-1, keepdim=True)
     return torch.cat((o, d, torch.full((n, 1), 0.1, dtype=dtype), torch.full((n, 1), 4.0, dtype=dtype), vd), 1)
-
-
-def loop_jacobians(colour, params, channel=None):
-    """The original: for each ray, autograd.grad(y_r, params, create_graph=True), flattened."""
-    rows = []
-    y = ray_scalar(colour, channel)
-    for r in range(colour.shape[0]):
-        grads = torch.autograd.grad(y[r], params, create_graph=True, retain_graph=True)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
 
 
 def rel_err(a, b):

@@ -1,4 +1,5 @@
-"""utils/metrics.py against a hand-computed confusion matrix and against sklearn (spec 6.1)."""
+"""utils/metrics.py against a hand-computed confusion matrix and against sklearn (the original's
+`calculate_segmentation_metrics` rewritten as a reference)."""
 import json
 import math
 
@@ -55,7 +56,7 @@ def test_nothing_left_gives_nan_not_an_error():
 
 
 def _original_metrics(true, pred, c, ignore, class_mask=None):
-    """The spec's algorithm written with sklearn, as an independent reference."""
+    """The original's algorithm written with sklearn, as an independent reference."""
     true, pred = true.reshape(-1), pred.reshape(-1)
     valid = np.ones(true.shape, bool)
     for label in ignore:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from tests.cli_helpers import run_main, write_config
-from tests.test_propagation_helpers import one_thread, write_tiny_checkpoint  # noqa: F401
+from tests.tiny_models import write_tiny_checkpoint
 from tests.tiny_scene import write_tiny_replica
+from utils.colormaps import label_colormap
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 SPARSE = ["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation", "--partial_perc", "0"]
 DENSE = ["--sparse_views", "--sparse_ratio", "0.995"]
@@ -41,7 +42,6 @@ def check_view_files(folder, views, suffixes=("",), gt=False):
             lab = cv2.imread(os.path.join(folder, f"{i}_label{sfx}.png"), cv2.IMREAD_UNCHANGED)
             assert lab is not None and lab.dtype == np.uint8 and lab.shape == (12, 16)
             vis = cv2.imread(os.path.join(folder, f"{i}_vis_label{sfx}.png"))[..., ::-1]   # to RGB
-            from utils.colormaps import label_colormap
             assert np.array_equal(vis, label_colormap(4)[1:][lab])     # RGB order, class colours
             err = cv2.imread(os.path.join(folder, f"{i}_error_map{sfx}.png"), cv2.IMREAD_UNCHANGED)
             assert set(np.unique(err)) <= {0, 255}
@@ -52,12 +52,13 @@ def check_view_files(folder, views, suffixes=("",), gt=False):
 def test_paper_commands_3d_and_2d_sparse(tmp_path, world, capsys):
     out3 = tmp_path / "sparse3d"
     # the README's --load_saved commands read seeds written by a first run with --visualise_save
+    # (into the same folder: --overwrite clears the first run's results and keeps its seeds)
     rc, _, err = run(capsys, world, out3, *SPARSE, "--visualise_save", "--propagate_3d", "--rgb_layer",
                      "--mean_gradient")
     assert rc == 0, err
     first = metrics_of(out3)
     rc, out, err = run(capsys, world, out3, *SPARSE, "--load_saved", "--propagate_3d", "--rgb_layer",
-                       "--mean_gradient")
+                       "--mean_gradient", "--overwrite")
     assert rc == 0, err
     m3 = metrics_of(out3)
     assert m3["miou"] == first["miou"] and m3["given_classes"] == [0, 1, 2]

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 import main as jnerf_main
-from tests.test_propagation_helpers import one_thread  # noqa: F401
+from datasets.synthetic import generate_scene
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 # measured on the CPU with --seed 0 (see the module docstring); the test allows a margin below them
 # (torch 2.13 CPU, one thread: plain 10.92 %, shaped 15.36 %, reproducible run to run)
@@ -55,7 +55,6 @@ def _run(argv):
 
 
 def test_oracle_shaping_beats_the_plain_nerf_in_sparse_2d(tmp_path):
-    from datasets.synthetic import generate_scene
     data = tmp_path / "data"
     generate_scene(str(data), frames=50, width=40, height=30, seed=0, dino=False, workers=1, stats=False)
     common = ["--config_file", _config(tmp_path, data), "--seed", "0", "--N_samples", "16", "--N_importance", "16"]

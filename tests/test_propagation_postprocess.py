@@ -1,17 +1,21 @@
 """2D post-processing, label decisions, scoring and the small pieces of propagation, against
 hand-worked values and independent references (OpenCV, utils.metrics)."""
+import cv2
 import numpy as np
 import pytest
 import torch
+from scipy.special import softmax
 
 from propagation.aggregator import ResponseAggregator, train_aggregator
 from propagation.compare import compare_runs
-from propagation.directions import closest_members, cosine_kmeans
-from propagation.outputs import DeviceConfusion
+from propagation.directions import DIRECTION_RULES, RuleInputs, choose_directions, closest_members, cosine_kmeans
+from propagation.outputs import seed_class_confusion
+from propagation.pixels import labelled_pixels, pixel_jacobians
 from propagation.postprocess import gaussian_blur3, labels_2d, labels_3d, postprocess_2d, spatial_weights
 from propagation.selection import batched_miou
-from tests.test_propagation_helpers import one_thread  # noqa: F401
-from utils.metrics import ConfusionAccumulator, segmentation_metrics
+from tests.tiny_models import tiny_camera, tiny_renderer
+from utils.metrics import segmentation_metrics
+from utils.options import PropagationOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +53,6 @@ def test_hand_made_stack_gives_hand_computed_labels():
 
 
 def test_blur_equals_opencv_gaussian_blur():
-    cv2 = pytest.importorskip("cv2")
     gen = np.random.default_rng(0)
     for shape in ((7, 9), (1, 5), (5, 1), (2, 3), (24, 32)):
         x = gen.random(shape)
@@ -60,8 +63,6 @@ def test_blur_equals_opencv_gaussian_blur():
 
 
 def test_postprocess_equals_the_original_numpy_opencv_loop():
-    cv2 = pytest.importorskip("cv2")
-    from scipy.special import softmax
     gen = np.random.default_rng(1)
     resp = gen.random((4, 12, 16)) ** 4 * 1.5           # some values above the clip
     resp[3] = 0.0
@@ -106,20 +107,21 @@ def test_batched_miou_equals_the_metric():
         assert float(ours[k]) == pytest.approx(float(np.mean(ref)), abs=1e-12)
 
 
-def test_device_confusion_equals_the_accumulator():
+def test_seed_class_confusion_equals_the_one_shot_metric():
+    """The per-view accumulation of propagation (GT of non-seeded classes ignored) equals
+    utils.metrics on all views at once with those classes ignored."""
     gen = torch.Generator().manual_seed(2)
     given = np.array([0, 1, 3])
-    dev = DeviceConfusion(5, given, torch.device("cpu"))
-    acc = ConfusionAccumulator(5, ignore_labels=[-1, 2, 4], class_mask=np.isin(np.arange(5), given))
-    for _ in range(3):
-        t = torch.randint(-1, 5, (6, 7), generator=gen)
-        p = torch.randint(0, 5, (6, 7), generator=gen)
+    dev = seed_class_confusion(5, given, torch.device("cpu"))
+    true, pred = torch.randint(-1, 5, (3, 6, 7), generator=gen), torch.randint(0, 5, (3, 6, 7), generator=gen)
+    for t, p in zip(true, pred):
         dev.add(t, p)
-        acc.add(t.numpy(), p.numpy())
-    assert np.array_equal(dev.matrix(), acc.confusion)
-    m1, m2 = dev.metrics(), acc.metrics()
+    ref = segmentation_metrics(true.numpy(), pred.numpy(), 5, ignore_labels=[-1, 2, 4],
+                               class_mask=np.isin(np.arange(5), given))
+    assert np.array_equal(dev.confusion, ref["confusion_matrix"])
+    m1 = dev.metrics()
     for k in ("miou", "miou_validclass", "total_accuracy", "class_average_accuracy"):
-        assert m1[k] == pytest.approx(m2[k], nan_ok=True)
+        assert m1[k] == pytest.approx(ref[k], nan_ok=True)
 
 
 def test_cosine_kmeans_keeps_one_member_per_direction_cluster():
@@ -130,6 +132,36 @@ def test_cosine_kmeans_keeps_one_member_per_direction_cluster():
     centres = cosine_kmeans(x, 3, np.random.default_rng(0))
     keep = closest_members(x, centres)
     assert sorted((keep // 20).tolist()) == [0, 1, 2]
+
+
+def test_direction_rules_dispatch_from_the_registry():
+    renderer, cams = tiny_renderer(), tiny_camera(6, 8, 0.5, 4.0)
+    labels = torch.full((1, 6, 8), -1)
+    labels[0, 1, 1:4] = 2                 # pixels 0, 1, 2 (row-major order)
+    labels[0, 4, 5:7] = 0                 # pixels 3, 4
+    pixels = labelled_pixels(labels, cams)
+    assert pixels.label_ids.tolist() == [0, 2] and pixels.label_idx.tolist() == [1, 1, 1, 0, 0]
+    # the original's precedence order; each rule carries its --help line
+    assert list(DIRECTION_RULES) == ["adaptive_selection", "mean_gradient", "gradient_kmeans", "mean_response"]
+    assert all(str(r) == r.help and r.help and callable(r.choose) for r in DIRECTION_RULES.values())
+
+    def choose(rule, **kw):
+        inp = RuleInputs(renderer, pixels, cams, labels, 3, PropagationOptions(rule=rule, **kw),
+                         np.random.default_rng(0), 64)
+        return choose_directions(inp)
+
+    jac, _ = pixel_jacobians(renderer, pixels.rays)
+    mg = choose("mean_gradient")
+    assert mg.dirs.owner.tolist() == [0, 1] and mg.kept_pixels is None and mg.selection is None
+    assert torch.allclose(mg.dirs.deltas, torch.stack([jac[3:].mean(0), jac[:3].mean(0)]), rtol=0, atol=1e-12)
+    mr = choose("mean_response")
+    assert mr.dirs.owner.tolist() == [0, 0, 1, 1, 1] and mr.kept_pixels is None
+    assert torch.allclose(mr.dirs.deltas, jac[[3, 4, 0, 1, 2]], rtol=0, atol=1e-12)
+    km = choose("gradient_kmeans", n_clusters=2)
+    assert km.dirs.owner.tolist() == [0, 0, 1, 1]
+    assert km.kept_pixels[0].tolist() == [3, 4] and set(km.kept_pixels[1].tolist()) < {0, 1, 2}
+    ad = choose("adaptive_selection", num_comb=2, num_iters=2)
+    assert ad.dirs.count == 4 and ad.dirs.owner.tolist() == [0, 0, 1, 1] and len(ad.selection["round_miou"]) == 2
 
 
 def test_aggregator_has_the_original_layout_and_learns():

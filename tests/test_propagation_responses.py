@@ -5,12 +5,11 @@ import copy
 import pytest
 import torch
 
-from models.rays import image_rays
 from models.rendering import composite_weights, fine_outputs
-from propagation.directions import pixel_jacobians
+from propagation.pixels import pixel_jacobians
 from propagation.responses import Directions, cumulative_mixers, mixing_matrix, perturbation_matrices, \
-    point_responses_3d, rerender_responses_2d, view_responses
-from tests.test_propagation_helpers import one_thread, tiny_camera, tiny_renderer  # noqa: F401
+    perturbed_weight, point_responses_3d, rerender_responses_2d, view_responses
+from tests.tiny_models import tiny_camera, tiny_renderer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 T = 0.1
@@ -20,8 +19,7 @@ T = 0.1
 def setup():
     torch.set_num_threads(1)
     renderer = tiny_renderer()
-    pose, intr = tiny_camera()
-    rays = image_rays(pose, 6, 8, intr, 0.5, 4.0)
+    rays = tiny_camera(6, 8, 0.5, 4.0).image_rays(0)
     seeds = torch.tensor([3, 17, 29, 40])
     jac, _ = pixel_jacobians(renderer, rays[seeds])
     # several seeds: four single-pixel directions and the mean of the first two (a --mean_gradient label)
@@ -128,3 +126,17 @@ def test_label_mixing_averages_a_labels_directions(setup):
     cum = cumulative_mixers(owner, 3, 2, dtype=torch.float64)
     assert torch.equal(cum[0][:, 1], torch.tensor([0, 1, 0, 0, 0], dtype=torch.float64))
     assert torch.equal(cum[1][:, 2], torch.tensor([0, 0, 0, 0.5, 0.5], dtype=torch.float64))
+
+
+def test_perturbed_weight_moves_and_restores_the_exact_weight(setup):
+    renderer, _, deltas = setup
+    w = renderer.fine.rgb_linear.weight
+    before = w.detach().clone()
+    delta = T * deltas[0]
+    with perturbed_weight(renderer, delta):
+        assert torch.equal(w, before + delta)
+    assert torch.equal(w, before)
+    with pytest.raises(RuntimeError, match="render failed"):
+        with perturbed_weight(renderer, delta):
+            raise RuntimeError("render failed")
+    assert torch.equal(w, before)

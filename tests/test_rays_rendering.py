@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from datasets.scene import Intrinsics
+from models.cameras import Cameras, Intrinsics
 from models.rays import camera_directions, image_rays, rays_from_pixels, unpack_rays
 from models.rendering import composite, composite_weights
 from models.samplers import sample_pdf, stratified_z
@@ -45,6 +45,25 @@ def test_rays_from_pixels_per_ray_poses():
     rays = rays_from_pixels(poses, torch.tensor([0, 1]), torch.tensor([1, 0]), intr, 0.5, 2.0)
     assert torch.allclose(rays[:, 3:6], torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
     assert torch.allclose(rays[1, :3], torch.tensor([5.0, 0.0, 0.0]))
+
+
+def test_cameras_build_the_rays_of_their_views():
+    """Cameras.image_rays / pixel_rays are the rays of models/rays.py for the view's pose; the
+    scaled cameras keep pixel centres at integers."""
+    intr = Intrinsics(2.0, 2.0, 1.5, 1.0)
+    poses = torch.eye(4).repeat(2, 1, 1)
+    poses[1, :3, 3] = torch.tensor([1.0, -2.0, 0.5])
+    cams = Cameras(poses, intr, 3, 4, near=0.2, far=5.0, convention="opengl")
+    full = cams.image_rays(1)
+    assert torch.equal(full, image_rays(poses[1], 3, 4, intr, 0.2, 5.0, "opengl"))
+    v, u = torch.tensor([0, 2, 1]), torch.tensor([3, 0, 1])
+    rays = cams.pixel_rays(torch.tensor([1, 1, 0]), v, u)
+    assert torch.allclose(rays[:2], full[v[:2] * 4 + u[:2]], rtol=0, atol=1e-7)
+    assert torch.allclose(rays[2], cams.image_rays(0)[1 * 4 + 1], rtol=0, atol=1e-7)
+    half = cams.scaled(2)
+    assert (half.height, half.width) == (1, 2)
+    assert half.intrinsics == Intrinsics(1.0, 1.0, 0.5, 0.25)
+    assert len(cams.subset([1])) == 1 and torch.equal(cams.subset([1]).poses[0], poses[1])
 
 
 def test_three_sample_volume_rendering_by_hand():

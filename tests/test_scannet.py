@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from datasets import dino_io
-from datasets.scannet import (ScanNetLoader, load_scannet, read_ply_vertices, scannet_split_ids)
+from datasets.scannet import ScanNetLoader, load_scannet, scannet_split_ids
 from datasets.scene import Intrinsics
-from utils.config import Settings, load_yaml_config, merge_flags, build_parser
+from main import options_from_config, parser
+from utils.config import load_yaml_config, merge_flags
 from utils.errors import InputError
 
 NAME = "scene0099_00"
@@ -76,9 +77,10 @@ def padded_half(img):
 
 def settings_for(root, *flags, **exp):
     cfg = load_yaml_config("configs/scannet_scene0004_00_config.yaml")
-    cfg = merge_flags(cfg, build_parser().parse_args(["--dataset_type", "scannet", *flags]))
+    p = parser()
+    cfg = merge_flags(cfg, p.parse_args(["--dataset_type", "scannet", "--save_dir", "unused", *flags]))
     cfg["experiment"].update(dataset_dir=str(root), height=CFG_HW[0], width=CFG_HW[1], **exp)
-    return Settings(cfg)
+    return options_from_config(cfg, [a.dest for a in p._actions]).data
 
 
 VALID = [n for n in range(16) if n != NAN_FRAME]     # frame numbers of the valid list
@@ -183,36 +185,6 @@ def test_nothing_written_into_the_dataset(tmp_path):
     assert before == after
 
 
-def _write_ply(path, verts, binary=True):
-    faces = [(0, 1, 2)]
-    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0",
-              f"element vertex {len(verts)}", "property float x", "property float y", "property float z",
-              "property uchar red", "property uchar green", "property uchar blue", "property uchar alpha",
-              f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode())
-        for v in verts:
-            if binary:
-                f.write(struct.pack("<fffBBBB", *v, 10, 20, 30, 255))
-            else:
-                f.write(f"{v[0]} {v[1]} {v[2]} 10 20 30 255\n".encode())
-        for face in faces:
-            f.write(struct.pack("<Biii", 3, *face) if binary else b"3 0 1 2\n")
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_mesh_vertices_exposed(tmp_path, binary):
-    root = tmp_path / NAME
-    write_tiny_scannet(root, n_frames=3)
-    verts = np.array([[0, 0, 0], [1.5, 0, 0], [0, 2.25, -1]], dtype=np.float32)
-    _write_ply(root / f"{NAME}_vh_clean_2.ply", verts, binary)
-    assert np.array_equal(read_ply_vertices(str(root / f"{NAME}_vh_clean_2.ply")), verts)
-    s = ScanNetLoader(str(root), *CFG_HW, sample_step=2).load()
-    assert np.array_equal(s.extra["mesh_vertices"], verts)
-    (root / f"{NAME}_vh_clean_2.ply").write_bytes(b"not a ply")
-    assert "mesh_vertices" not in ScanNetLoader(str(root), *CFG_HW, sample_step=2).load().extra
-
-
 # -- bad input --------------------------------------------------------------------------------
 @pytest.fixture
 def small(tmp_path):
@@ -302,14 +274,13 @@ def test_missing_sample_step_through_main(tmp_path, small, capsys):
 def test_plain_training_through_main(tmp_path, small, capsys, monkeypatch):
     import json
 
-    import training.batching as batching
-    import training.render_views as render_views
+    import models.cameras as cameras
     from tests.cli_helpers import run_main
     seen = {"train": [], "test": []}
 
-    test_fn, train_fn = render_views.image_rays, batching.rays_from_pixels
-    monkeypatch.setattr(render_views, "image_rays", lambda *a, **k: (seen["test"].append(a[3]), test_fn(*a, **k))[1])
-    monkeypatch.setattr(batching, "rays_from_pixels", lambda *a, **k: (seen["train"].append(a[3]), train_fn(*a, **k))[1])
+    test_fn, train_fn = cameras.image_rays, cameras.rays_from_pixels
+    monkeypatch.setattr(cameras, "image_rays", lambda *a, **k: (seen["test"].append(a[3]), test_fn(*a, **k))[1])
+    monkeypatch.setattr(cameras, "rays_from_pixels", lambda *a, **k: (seen["train"].append(a[3]), train_fn(*a, **k))[1])
     cfg = _write_cli_config(tmp_path, small)
     rc, out, err = run_main(capsys, cfg, tmp_path / "out", "--dataset_type", "scannet", "--seed", "1")
     assert rc == 0, err

@@ -1,15 +1,16 @@
-"""propagation/seeds.py: the label sparsification chain of spec 2.7 on hand-made label maps."""
+"""datasets/seeds.py: the label sparsification chain (sparse views, clicks, regions, saved seeds)
+on hand-made label maps."""
 import json
 import os
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from propagation.seeds import (check_seeds, make_seeds, sample_label_maps, sample_specific_labels,
+from datasets.seeds import (check_seeds, make_seeds, sample_label_maps, sample_specific_labels,
                                seed_classes, simulate_user_click_partial, simulate_user_clicks)
 from utils.errors import InputError
+from utils.options import SeedOptions
 
 
 def hand_map():
@@ -29,12 +30,9 @@ def frames(n=3):
     return np.stack([np.roll(base, i, axis=1) for i in range(n)])
 
 
-def opts(**kw):
-    d = dict(sparse_views=False, sparse_ratio=0.0, label_map_ids=[], random_sample=False,
-             label_propagation=False, partial_perc=0.0, user_click=False, num_click=3,
-             visualise_save=False, load_saved=False, test_instance=False, seed=None)
-    d.update(kw)
-    return SimpleNamespace(**d)
+def opts(seed_dir, **kw):
+    """SeedOptions writing to / reading from `seed_dir`, the other fields at their defaults."""
+    return SeedOptions(seed_dir=str(seed_dir), **kw)
 
 
 # ----------------------------------------------------------------------------- frame sampling
@@ -99,7 +97,7 @@ def test_user_clicks_count_per_class():
 
 
 def literal_partial(frame, perc, rng):
-    """Spec 2.7 perc > 0 on the full frame, literally (same random draws as the module)."""
+    """The region rule (perc > 0) on the full frame, literally (same random draws as the module)."""
     out = np.zeros_like(frame)
     for c in np.unique(frame):
         if c == 0:
@@ -168,29 +166,29 @@ def test_rng_makes_clicks_reproducible():
 def test_branch_order_and_folder_names(tmp_path):
     labels = frames(7)
     d = str(tmp_path)
-    s = make_seeds(labels, opts(sparse_views=True, sparse_ratio=0.995, label_propagation=True,
-                                partial_perc=0, user_click=True), np.random.default_rng(0), d)
+    s = make_seeds(labels, opts(d, sparse_views=True, sparse_ratio=0.995, label_propagation=True,
+                                partial_perc=0, user_click=True), np.random.default_rng(0))
     assert s.folder_name == "partial_perc_0.0" and s.mask_ids.tolist() == [True] + [False] * 6
     assert (s.labels[0] > 0).sum() == 4 and not s.labels[1:].any()
     assert seed_classes(s).tolist() == [1, 2, 3, 5] and seed_classes(s, eval_space=True).tolist() == [0, 1, 2, 4]
-    s = make_seeds(labels, opts(label_propagation=True, partial_perc=5), np.random.default_rng(0), d)
+    s = make_seeds(labels, opts(d, label_propagation=True, partial_perc=5), np.random.default_rng(0))
     assert s.folder_name == "partial_perc_0.05" and s.mask_ids.all()
-    s = make_seeds(labels, opts(user_click=True, num_click=3, test_instance=True), np.random.default_rng(0), d)
+    s = make_seeds(labels, opts(d, user_click=True, num_click=3, instance=True), np.random.default_rng(0))
     assert s.folder_name == "instance_user_click_3" and all((s.labels[i] == 1).sum() == 3 for i in range(7))
-    s = make_seeds(labels, opts(sparse_views=True, sparse_ratio=0.5), None, d)
+    s = make_seeds(labels, opts(d, sparse_views=True, sparse_ratio=0.5), None)
     assert s.folder_name == "sparse_views_sr0.5" and np.flatnonzero(s.mask_ids).tolist() == [1, 2, 4, 6]
     assert np.array_equal(s.labels[2], labels[2]) and not s.labels[0].any()
-    s = make_seeds(labels, opts(sparse_views=True, label_map_ids=[10]), None, d, train_ids=list(range(0, 35, 5)))
+    s = make_seeds(labels, opts(d, sparse_views=True, label_map_ids=(10,)), None, train_ids=list(range(0, 35, 5)))
     assert np.flatnonzero(s.mask_ids).tolist() == [2] and np.array_equal(s.labels[2], labels[2])
-    s = make_seeds(labels, opts(), None, d)
+    s = make_seeds(labels, opts(d), None)
     assert s.folder_name == "dense" and np.array_equal(s.labels, labels)
     assert os.listdir(d) == []                             # nothing written without --visualise_save
 
 
 def test_save_load_round_trip_is_bit_identical(tmp_path):
     labels = frames(7)
-    flags = dict(sparse_views=True, sparse_ratio=0.8, label_propagation=True, partial_perc=5, seed=42)
-    made = make_seeds(labels, opts(visualise_save=True, **flags), np.random.default_rng(42), str(tmp_path))
+    flags = dict(sparse_views=True, sparse_ratio=0.8, label_propagation=True, partial_perc=5, rng_seed=42)
+    made = make_seeds(labels, opts(tmp_path, visualise_save=True, **flags), np.random.default_rng(42))
     folder = tmp_path / "partial_perc_0.05"
     assert sorted(os.listdir(tmp_path)) == ["partial_perc_0.05"]          # no temporary left
     assert sorted(os.listdir(folder)) == ["mask_ids.npy", "seeds.json", "semantic_class_0.png",
@@ -198,45 +196,46 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     info = json.loads((folder / "seeds.json").read_text())
     assert info["rng_seed"] == 42 and info["labelled_frames"] == [0, 4] and info["flags"]["partial_perc"] == 5
     # a different rng proves the labels come from disk
-    loaded = make_seeds(labels, opts(load_saved=True, **flags), np.random.default_rng(0), str(tmp_path))
+    loaded = make_seeds(labels, opts(tmp_path, load_saved=True, **flags), np.random.default_rng(0))
     assert loaded.labels.dtype == np.int64 and np.array_equal(loaded.labels, made.labels)
     assert np.array_equal(loaded.mask_ids, made.mask_ids) and loaded.info["saved_info"]["rng_seed"] == 42
     # saving again replaces the folder atomically
-    make_seeds(labels, opts(visualise_save=True, **flags), np.random.default_rng(1), str(tmp_path))
+    make_seeds(labels, opts(tmp_path, visualise_save=True, **flags), np.random.default_rng(1))
     assert sorted(os.listdir(tmp_path)) == ["partial_perc_0.05"]
 
 
 def test_random_frame_sample_is_read_back(tmp_path):
     flags = dict(sparse_views=True, sparse_ratio=0.5, random_sample=True, user_click=True, num_click=1)
     labels = frames(8)
-    made = make_seeds(labels, opts(visualise_save=True, **flags), np.random.default_rng(9), str(tmp_path))
+    made = make_seeds(labels, opts(tmp_path, visualise_save=True, **flags), np.random.default_rng(9))
     for seed in range(5):
-        loaded = make_seeds(labels, opts(load_saved=True, **flags), np.random.default_rng(seed), str(tmp_path))
+        loaded = make_seeds(labels, opts(tmp_path, load_saved=True, **flags), np.random.default_rng(seed))
         assert np.array_equal(loaded.mask_ids, made.mask_ids) and np.array_equal(loaded.labels, made.labels)
 
 
 def test_load_saved_with_nothing_saved_names_the_file(tmp_path):
-    o = opts(sparse_views=True, sparse_ratio=0.995, label_propagation=True, partial_perc=0, load_saved=True)
+    o = opts(tmp_path, sparse_views=True, sparse_ratio=0.995, label_propagation=True, partial_perc=0,
+             load_saved=True)
     with pytest.raises(InputError, match=r"partial_perc_0\.0.*--visualise_save"):
-        make_seeds(frames(3), o, None, str(tmp_path))
+        make_seeds(frames(3), o, None)
     # a folder whose PNG is gone: the message names that file
-    make_seeds(frames(3), opts(sparse_views=True, sparse_ratio=0.995, label_propagation=True,
-                               visualise_save=True), None, str(tmp_path))
+    make_seeds(frames(3), opts(tmp_path, sparse_views=True, sparse_ratio=0.995, label_propagation=True,
+                               visualise_save=True), None)
     os.remove(tmp_path / "partial_perc_0.0" / "semantic_class_0.png")
     with pytest.raises(InputError, match=r"semantic_class_0\.png is missing.*without --load_saved"):
-        make_seeds(frames(3), o, None, str(tmp_path))
+        make_seeds(frames(3), o, None)
     # seeds saved for frame 0 only cannot serve a run that labels every frame
     with pytest.raises(InputError, match="training frames"):
-        make_seeds(frames(3), opts(label_propagation=True, load_saved=True), None, str(tmp_path))
+        make_seeds(frames(3), opts(tmp_path, label_propagation=True, load_saved=True), None)
 
 
 def test_checks_used_by_propagation():
     labels = frames(3)
-    s = make_seeds(labels, opts(sparse_views=True, sparse_ratio=0.995, label_propagation=True), None, "unused")
+    s = make_seeds(labels, opts("unused", sparse_views=True, sparse_ratio=0.995, label_propagation=True), None)
     assert check_seeds(s, scene_classes=[0, 1, 2, 3, 5]).tolist() == [1, 2, 3, 5]
     with pytest.raises(InputError, match=r"label ids \[5\] do not occur"):
         check_seeds(s, scene_classes=[0, 1, 2, 3])
     empty = np.zeros_like(labels)
-    s = make_seeds(empty, opts(sparse_views=True, sparse_ratio=0.995, label_propagation=True), None, "unused")
+    s = make_seeds(empty, opts("unused", sparse_views=True, sparse_ratio=0.995, label_propagation=True), None)
     with pytest.raises(InputError, match="no labelled pixel"):
         check_seeds(s)

@@ -1,102 +1,41 @@
-"""Jacobi shaping: the fast loss against a literal slow implementation of the original's loops
-(spec 4.2-4.4), the oracle mode on the synthetic scene, and the paper's command end to end."""
+"""Jacobi shaping: the fast loss against the literal slow implementation of the original's loops
+(training/_reference.py), the oracle mode on the synthetic scene, and the paper's command end to end."""
 import json
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from datasets.dino_io import DescriptorStore
-from models.jacobians import ray_scalar, subset_parameters
+from datasets.registry import load_scene
+from main import parse_options
+from models.factory import build_renderer
+from models.jacobians import ray_jacobians, sample_points
+from tests.cli_helpers import write_config
 from tests.test_jacobians import random_rays, small_renderer
+from training._reference import slow_shaping
 from training.batching import Batch
 from training.contrastive import adaptive_threshold_scan
-from training.shaping import Shaper
-from utils.config import build_parser
-
-DEFAULTS = vars(build_parser().parse_args([]))
-
-
-# ----------------------------------------------------------------------------------------------
-# the slow, literal definition (what the original's Trainer.step does, loop by loop)
-# ----------------------------------------------------------------------------------------------
-def slow_shaping(renderer, out, rays, opts, tau, feats=None, labels=None, subset="rgb", channel=None,
-                 target="2d"):
-    """Returns (total, nce, grad_loss, final tau). opts: flag dict. Per-ray autograd.grad
-    Jacobians with create_graph=True, then Python loops over anchors and pairs; float64
-    accumulators; the threshold updated after each anchor (spec 4.3, 4.4)."""
-    params = subset_parameters(renderer.fine, subset)
-    if target == "2d":
-        colour = out["rgb"]
-    else:
-        pts = rays[:, 0:3] + out["depth"].detach()[:, None] * rays[:, 3:6]
-        field = renderer.run_field(renderer.fine, pts[:, None, :], torch.zeros_like(pts))
-        colour = torch.sigmoid(field.rgb_logits[:, 0])
-    y = ray_scalar(colour, channel)
-    jac = []
-    for r in range(len(y)):
-        grads = torch.autograd.grad(y[r], params, create_graph=True, retain_graph=True)
-        jac.append(torch.cat([g.reshape(-1) for g in grads]))
-    jac = torch.stack(jac)
-    n = len(jac)
-    grad_loss = torch.tensor(0.0, dtype=torch.float64)
-    if opts["nce_dot_product"] or opts["gradient_norm_loss"]:
-        grad_loss = grad_loss + torch.mean((torch.linalg.norm(jac, dim=-1) - 1.0) ** 2)
-    if feats is not None:
-        f = feats / (torch.linalg.norm(feats, dim=-1)[:, None] + 1e-7)
-        f = f / (torch.linalg.norm(f, dim=-1)[:, None] + 1e-7)
-
-    def s(a, b):
-        d = torch.dot(jac[a], jac[b])
-        if not opts["nce_dot_product"]:
-            d = d / (torch.linalg.norm(jac[a]) * torch.linalg.norm(jac[b]) + 1e-7)
-        return torch.exp(abs(d) if opts["contrastive_abs"] else d)
-
-    loss = torch.tensor(0.0, dtype=torch.float64)
-    anchors = 0
-    for a in range(n):
-        if feats is not None:
-            sim = f @ f[a]
-            cond = [bool(sim[b] > tau) for b in range(n)]
-            if opts["adaptive_threshold"] and not opts["pos_order"]:
-                k = sum(cond)
-                if k < int(opts["pos_ratio_lower"] * n) and tau > opts["pos_threshold_lower"]:
-                    tau -= 0.001
-                elif k > int(opts["pos_ratio_upper"] * n) and tau < opts["pos_threshold_upper"]:
-                    tau += 0.001
-            pos = [int(np.argmax(sim.numpy()))] if opts["pos_order"] else [b for b in range(n) if cond[b]]
-            neg = [b for b in range(n) if not cond[b]]
-        else:   # labels; void (0) rays are unknown: neither anchors nor pairs
-            if labels[a] == 0:
-                continue
-            same = [b for b in range(n) if labels[b] == labels[a]]
-            pos = same[:1] if opts["pos_order"] else same
-            neg = [b for b in range(n) if labels[b] != labels[a] and labels[b] != 0]
-        pos_sim = torch.tensor(0.0, dtype=torch.float64)
-        for b in pos:
-            pos_sim = pos_sim + s(a, b)
-        neg_sim = torch.tensor(0.0, dtype=torch.float64)
-        for b in neg:
-            neg_sim = neg_sim + s(a, b)
-        if pos_sim > 0 and neg_sim > 0:
-            loss = loss - torch.log(pos_sim / (pos_sim + neg_sim) + 1e-7)
-            anchors += 1
-    if anchors > 0:
-        loss = loss / anchors
-    total = opts["wgt_contrastive"] * loss + opts["wgt_gradient"] * grad_loss
-    return total, loss, grad_loss, tau
-
+from training.shaping import Shaper, build_shaper
+from training.trainer import Trainer
+from utils.errors import InputError
+from utils.options import ShapingOptions
+from utils.seeding import seed_everything
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def flags(**kw):
-    opts = dict(DEFAULTS, contrastive_2d=True, rgb_layer=True, contrastive_starting_step=0, contrastive_step=1,
-                wgt_contrastive=0.7, wgt_gradient=0.3)
-    opts.update(kw)
-    return opts
+# --contrastive_2d --rgb_layer --contrastive_starting_step 0 --contrastive_step 1, weights 0.7 / 0.3
+BASE = ShapingOptions(target="2d", subset="rgb", start=0, every=1, wgt_contrastive=0.7, wgt_gradient=0.3)
+
+
+def shaping(**fields):
+    """The base options with `fields` replaced. norm_loss is --gradient_norm_loss or
+    --nce_dot_product (utils.options), so dot_product=True comes with norm_loss=True."""
+    return replace(BASE, **fields)
 
 
 def threshold_features(dim=6):
@@ -136,7 +75,7 @@ def make_batch(rays, n):
     return Batch(rays, torch.zeros(n, 3, dtype=rays.dtype), zeros, zeros, torch.arange(n))
 
 
-def fast_and_slow(opts, feats=None, labels=None, subset="rgb", target="2d", seed=0, tau=None, n=12):
+def fast_and_slow(opts, feats=None, labels=None, seed=0, tau=None, n=12):
     r = small_renderer(seed=seed)
     rays = random_rays(n, seed=seed + 1)
     torch.manual_seed(seed + 2)
@@ -144,15 +83,14 @@ def fast_and_slow(opts, feats=None, labels=None, subset="rgb", target="2d", seed
     mode = "features" if feats is not None else "labels"
     store = DescriptorStore(feats[None, None], (1, n)) if feats is not None else None
     lab = torch.as_tensor(labels).reshape(1, 1, n) if labels is not None else None
-    opts = dict(opts, pos_threshold=opts["pos_threshold"] if tau is None else tau)
-    shaper = Shaper(opts, r, subset, target, mode, store=store, labels=lab)
+    opts = replace(opts, supervision=mode, pos_threshold=opts.pos_threshold if tau is None else tau)
+    shaper = Shaper(opts, r, store=store, labels=lab)
     torch.manual_seed(7)
     fast, logs = shaper.loss(r, out, make_batch(rays, n), step=0)
     torch.manual_seed(7)
-    channel = torch.randint(0, 3, (n,)) if opts["random_channel"] else None
-    slow, slow_nce, slow_norm, slow_tau = slow_shaping(r, out, rays, opts, opts["pos_threshold"],
-                                                       feats=feats, labels=labels, subset=subset,
-                                                       channel=channel, target=target)
+    channel = torch.randint(0, 3, (n,)) if opts.random_channel else None
+    slow, slow_nce, slow_norm, slow_tau = slow_shaping(r, out, rays, opts, opts.pos_threshold,
+                                                       feats=feats, labels=labels, channel=channel)
     return r, shaper, fast, logs, slow, slow_nce, slow_norm, slow_tau
 
 
@@ -185,8 +123,8 @@ def assert_same(r, shaper, fast, logs, slow, slow_nce, slow_norm, slow_tau, reac
 @pytest.mark.parametrize("dot", [False, True])
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_loss_threshold_and_gradients_equal_the_literal_loops(absolute, dot, adaptive):
-    opts = flags(contrastive_abs=absolute, nce_dot_product=dot, adaptive_threshold=adaptive,
-                 gradient_norm_loss=not dot, gt_feature_sim=True, **THRESHOLD_OPTS)
+    opts = shaping(absolute=absolute, dot_product=dot, adaptive_threshold=adaptive,
+                   norm_loss=True, **THRESHOLD_OPTS)     # --gradient_norm_loss, or implied by dot
     res = fast_and_slow(opts, feats=threshold_features(), tau=0.6)
     assert_same(*res)
     assert (res[1].tau == 0.6) != adaptive
@@ -211,7 +149,7 @@ def test_the_scan_is_sequential_and_clipped():
 
 
 def test_anchors_without_negatives_or_positives_are_skipped():
-    opts = flags(contrastive_abs=True, gt_feature_sim=True, gradient_norm_loss=True)
+    opts = shaping(absolute=True, norm_loss=True)
     res = fast_and_slow(opts, feats=no_negative_features(), tau=0.8)
     assert_same(*res)
     assert res[3]["Train/Shaping/anchors"] == 11          # ray 0 has no negative
@@ -221,7 +159,7 @@ def test_anchors_without_negatives_or_positives_are_skipped():
 
 
 def test_no_valid_anchor_gives_zero_loss_and_finite_gradients():
-    opts = flags(gt_feature_sim=True, gradient_norm_loss=False)
+    opts = shaping(norm_loss=False)
     feats = torch.ones(12, 6) + 1e-3 * torch.arange(72.0).reshape(12, 6)   # all alike: no negatives
     r, shaper, fast, logs, slow, *_ = fast_and_slow(opts, feats=feats, tau=0.8)
     assert float(fast.detach()) == 0.0 == float(slow.detach())
@@ -234,38 +172,39 @@ def test_no_valid_anchor_gives_zero_loss_and_finite_gradients():
 def test_variants_equal_the_literal_loops(case):
     labels = [3, 3, 5, 0, 5, 5, 7, 3, 0, 9, 5, 3]       # void rays, a single-ray class (9)
     feats = threshold_features()
-    kw = dict(gt_feature_sim=True, contrastive_abs=True, gradient_norm_loss=True, **THRESHOLD_OPTS)
+    kw = dict(absolute=True, norm_loss=True, **THRESHOLD_OPTS)
     if case == "pos_order":
-        res = fast_and_slow(flags(pos_order=True, adaptive_threshold=True, **kw), feats=feats, tau=0.6)
-    elif case == "labels":
-        res = fast_and_slow(flags(from_label=True, contrastive_abs=True), labels=labels)
-    elif case == "labels_pos_order":
-        res = fast_and_slow(flags(sample_semantic=True, pos_order=True, nce_dot_product=True), labels=labels)
+        res = fast_and_slow(shaping(pos_order=True, adaptive_threshold=True, **kw), feats=feats, tau=0.6)
+    elif case == "labels":        # --from_label --contrastive_abs
+        res = fast_and_slow(shaping(supervision="labels", absolute=True), labels=labels)
+    elif case == "labels_pos_order":    # --sample_semantic --pos_order --nce_dot_product
+        res = fast_and_slow(shaping(supervision="labels", pos_order=True, dot_product=True, norm_loss=True),
+                            labels=labels)
     elif case == "random_channel":
-        res = fast_and_slow(flags(random_channel=True, adaptive_threshold=True, **kw), feats=feats, tau=0.6)
+        res = fast_and_slow(shaping(random_channel=True, adaptive_threshold=True, **kw), feats=feats, tau=0.6)
     elif case == "density":
-        res = fast_and_slow(flags(adaptive_threshold=True, **kw), feats=feats, subset="density", tau=0.6)
+        res = fast_and_slow(shaping(adaptive_threshold=True, subset="density", **kw), feats=feats, tau=0.6)
     elif case == "3d":
-        res = fast_and_slow(flags(adaptive_threshold=True, **kw), feats=feats, target="3d", tau=0.6)
+        res = fast_and_slow(shaping(adaptive_threshold=True, target="3d", **kw), feats=feats, tau=0.6)
     else:
-        res = fast_and_slow(flags(**kw), feats=feats, target="3d", subset="rgb_pts", tau=0.6)
+        res = fast_and_slow(shaping(target="3d", subset="rgb_pts", **kw), feats=feats, tau=0.6)
     # a 3D point's colour does not depend on the density head: alpha_linear gets nothing there
     assert_same(*res, reaches_all=not case.startswith("3d"))
 
 
 def test_schedule_state_and_resume_rule():
-    opts = flags(contrastive_starting_step=10, contrastive_step=5, gt_feature_sim=True)
+    opts = shaping(start=10, every=5)
     r = small_renderer()
-    shaper = Shaper(opts, r, "rgb", "2d", "features")
+    shaper = Shaper(opts, r)
     assert [s for s in range(30) if shaper.active(s)] == [10, 15, 20, 25]
     shaper.tau = 0.731
     state = shaper.state_dict()
-    fresh = Shaper(opts, r, "rgb", "2d", "features")
+    fresh = Shaper(opts, r)
     fresh.load_state_dict(state, resume=False)
-    assert fresh.tau == opts["pos_threshold"]             # a new fine-tune starts from --pos_threshold
+    assert fresh.tau == opts.pos_threshold             # a new fine-tune starts from --pos_threshold
     fresh.load_state_dict(state, resume=True)
     assert fresh.tau == 0.731
-    alter = Shaper(flags(sample_alter=True, finetune_label_step=3), r, "rgb", "2d", "alternate")
+    alter = Shaper(shaping(supervision="alternate", label_step=3), r)
     assert [alter.supervision(s) for s in range(4)] == ["labels", "features", "features", "labels"]
 
 
@@ -280,28 +219,25 @@ def room(tmp_path_factory):
     return str(path)
 
 
-def settings_for(room, tmp_path, *flags, netwidth=64):
-    from tests.cli_helpers import write_config
-    from utils.config import parse_settings
+def options_for(room, tmp_path, *flags, netwidth=64):
+    """RunOptions of main.py's flags on the synthetic room (32 x 24, 64 rays, 8 + 8 samples)."""
     cfg = write_config(tmp_path, room, width=32, height=24, netwidth=netwidth, n_iters=1000)
-    _, s = parse_settings(["--config_file", cfg, "--save_dir", str(tmp_path / "run"), "--N_rays", "64",
-                           "--N_samples", "8", "--N_importance", "8", "--seed", "0", "--training_mode", *flags])
-    return s
+    _, opts = parse_options(["--config_file", cfg, "--save_dir", str(tmp_path / "run"), "--N_rays", "64",
+                             "--N_samples", "8", "--N_importance", "8", "--seed", "0", "--training_mode", *flags])
+    return opts
 
 
 def class_alignment(renderer, scene, count=128):
     """Mean |cos| of rgb-layer Jacobians over same-class pairs (self excluded) and different-class
     pairs, for a fixed sample of labelled training pixels rendered in evaluation mode."""
-    from models.rays import rays_from_pixels
     gen = torch.Generator().manual_seed(123)
     sem = scene.train.semantic
     idx = torch.nonzero(sem > 0)
     f, v, u = idx[torch.randperm(len(idx), generator=gen)[:count]].T
-    rays = rays_from_pixels(scene.train.poses[f], v, u, scene.intrinsics, scene.near, scene.far)
+    rays = scene.cameras(scene.train).pixel_rays(f, v, u)
     renderer.eval()
     out = renderer.render_rays(rays, train=False, keep_fine=True)
     renderer.train()
-    from models.jacobians import ray_jacobians, sample_points
     pts, vd = sample_points(rays, out["fine"].z)
     jac = ray_jacobians(renderer, out["fine"], pts, vd, "rgb").detach().double()
     n = jac.norm(dim=1)
@@ -311,41 +247,33 @@ def class_alignment(renderer, scene, count=128):
     return float(cos[same].mean()), float(cos[lab[:, None] != lab[None]].mean())
 
 
-def test_oracle_shaping_aligns_same_class_and_separates_other_classes(room, tmp_path):
+@pytest.mark.slow
+def test_oracle_shaping_aligns_same_class_and_separates_other_classes(room, tmp_path, one_thread):
     """--from_label with perfect labels. A plain network (width 64, 600 steps at lr 1e-3) has all
     its Jacobians alike (|cos| ~0.7 for same-class and ~0.6 for different-class pairs); 100 oracle
     shaping steps (wgt_contrastive 1 so that a few steps show the effect; the paper's 1e-2 is for
     10k steps) raise the first and lower the second. Measured with seeds 0-3 (this set-up, CPU):
     same-class +0.061 to +0.154, different-class -0.276 to -0.398. The asserted margins are
-    about half the smallest measured changes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)     # tiny ops: one thread is fastest, and immune to a busy machine
-    try:
-        _oracle_run(room, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    about half the smallest measured changes. One thread (the `one_thread` fixture): tiny ops run
+    fastest on one, and it is immune to a busy machine."""
+    _oracle_run(room, tmp_path)
 
 
 def _oracle_run(room, tmp_path):
-    from datasets.loading import load_scene
-    from models.factory import build_renderer
-    from training.shaping import build_shaper
-    from training.trainer import Trainer
-    from utils.seeding import seed_everything
-    s = settings_for(room, tmp_path, "--lrate", "1e-3")
+    opts = options_for(room, tmp_path, "--lrate", "1e-3")
     rng = seed_everything(0)
-    scene = load_scene(s)
-    renderer = build_renderer(s, torch.device("cpu"))
-    plain = Trainer(s, scene, renderer, str(tmp_path / "run"), base_seed=0, log=False)
+    scene = load_scene(opts.data)
+    renderer = build_renderer(opts.model, torch.device("cpu"))
+    plain = Trainer(opts.train, scene, renderer, str(tmp_path / "run"), seed=0, log=False)
     for step in range(600):
         plain.train_step(step)
     same0, diff0 = class_alignment(renderer, scene)
-    s2 = settings_for(room, tmp_path, "--lrate", "1e-3", "--from_label", "--contrastive_2d", "--rgb_layer",
-                      "--contrastive_starting_step", "0", "--contrastive_step", "1", "--wgt_contrastive", "1",
-                      "--wgt_gradient", "1e-2", "--gradient_norm_loss", "--contrastive_abs")
-    shaper, labels, frames = build_shaper(s2, scene, renderer, rng)
-    assert shaper.mode == "labels" and labels is not None
-    trainer = Trainer(s2, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, base_seed=0,
+    opts2 = options_for(room, tmp_path, "--lrate", "1e-3", "--from_label", "--contrastive_2d", "--rgb_layer",
+                        "--contrastive_starting_step", "0", "--contrastive_step", "1", "--wgt_contrastive", "1",
+                        "--wgt_gradient", "1e-2", "--gradient_norm_loss", "--contrastive_abs")
+    shaper, frames = build_shaper(opts2, scene, renderer, rng)
+    assert shaper.mode == "labels" and shaper.labels is not None
+    trainer = Trainer(opts2.train, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, seed=0,
                       log=False)
     for step in range(100):
         trainer.train_step(step)
@@ -355,8 +283,9 @@ def _oracle_run(room, tmp_path):
     assert diff1 <= diff0 - 0.15
 
 
+@pytest.mark.slow
 def test_papers_command_end_to_end_with_resume(room, tmp_path, capsys):
-    from tests.cli_helpers import run_main, write_config
+    from tests.cli_helpers import run_main
     cfg = write_config(tmp_path, room, width=32, height=24, netwidth=16, n_iters=2)
     rc, _, err = run_main(capsys, cfg, tmp_path / "plain", "--seed", "0", "--training_mode")
     assert rc == 0, err
@@ -388,7 +317,9 @@ def test_papers_command_end_to_end_with_resume(room, tmp_path, capsys):
     assert rc == 0, err
     resumed = json.load(open(tmp_path / "resumed" / "metrics.json"))["shaping"]
     assert resumed["pos_threshold_initial"] == tau and resumed["shaping_steps"] == 1   # continues at step 4
-    rc, _, err = run_main(capsys, cfg, tmp_path / "fresh", "--ckpt_path", shaped_ckpt, "--N_iters", "0", *paper)
+    # a fine-tune (no --resume) from the shaped checkpoint starts again from --pos_threshold
+    # (--N_iters 1: utils.options refuses 0)
+    rc, _, err = run_main(capsys, cfg, tmp_path / "fresh", "--ckpt_path", shaped_ckpt, "--N_iters", "1", *paper)
     assert rc == 0, err
     assert json.load(open(tmp_path / "fresh" / "metrics.json"))["shaping"]["pos_threshold_initial"] == 0.8
 
@@ -409,18 +340,13 @@ FLAG_SETS = {
 
 @pytest.mark.parametrize("name", sorted(FLAG_SETS))
 def test_every_shaping_option_runs(room, tmp_path, name):
-    from datasets.loading import load_scene
-    from models.factory import build_renderer
-    from training.shaping import build_shaper
-    from training.trainer import Trainer
-    from utils.seeding import seed_everything
-    s = settings_for(room, tmp_path, "--contrastive_starting_step", "0", "--contrastive_step", "1",
-                     "--gradient_norm_loss", *FLAG_SETS[name], netwidth=16)
+    opts = options_for(room, tmp_path, "--contrastive_starting_step", "0", "--contrastive_step", "1",
+                       "--gradient_norm_loss", *FLAG_SETS[name], netwidth=16)
     rng = seed_everything(0)
-    scene = load_scene(s, features=bool(s.exp.get("load_dino")))
-    renderer = build_renderer(s, torch.device("cpu"))
-    shaper, labels, frames = build_shaper(s, scene, renderer, rng)
-    trainer = Trainer(s, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, base_seed=0,
+    scene = load_scene(opts.data)
+    renderer = build_renderer(opts.model, torch.device("cpu"))
+    shaper, frames = build_shaper(opts, scene, renderer, rng)
+    trainer = Trainer(opts.train, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, seed=0,
                       log=False)
     if "unmasked" in name:
         assert trainer.batcher.mode == "unmasked" and frames == [1, 3]   # sparse_ratio 0.5 drops frames 0 and 2
@@ -442,11 +368,6 @@ def test_every_shaping_option_runs(room, tmp_path, name):
     (["--contrastive_2d", "--rgb_layer", "--from_label", "--contrastive_step", "0"], "--contrastive_step"),
 ])
 def test_flag_combinations_that_cannot_work_are_refused(room, tmp_path, flags, message):
-    from datasets.loading import load_scene
-    from models.factory import build_renderer
-    from training.shaping import build_shaper
-    from utils.errors import InputError
-    s = settings_for(room, tmp_path, *flags, netwidth=16)
-    scene = load_scene(s, features=bool(s.exp.get("load_dino")))
+    """Refused while the options are built, before any data is read."""
     with pytest.raises(InputError, match=message):
-        build_shaper(s, scene, build_renderer(s, torch.device("cpu")), None)
+        options_for(room, tmp_path, *flags, netwidth=16)

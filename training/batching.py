@@ -1,51 +1,48 @@
-"""Training-ray sampling (spec 3.7 step 1).
+"""Training-ray sampling: N rays per step as (frame, row, column) indices of the training images.
 
-Rays are built on the fly from (frame, row, column) indices and the frame's pose, so no ray
-table is stored. Modes, as the original:
-- default ("batching"): consecutive slices of one random permutation of all training pixels,
+Rays are built on the fly from the indices and the training `Cameras`, so no ray table is
+stored. Modes (`TrainOptions.batching`), as the original:
+- "batching" (default): consecutive slices of one random permutation of all training pixels,
   reshuffled when exhausted;
-- `--no_batching`: one random training image per step, N distinct random pixels of it;
-- `--sample_fixed`: image 0, N evenly spaced pixels;
-- `--from_unmasked_only`: like no_batching but only among frames whose labels are given.
+- "no_batching" (`--no_batching`): one random training image per step, N distinct random
+  pixels of it;
+- "fixed" (`--sample_fixed`): image 0, N evenly spaced pixels;
+- "unmasked" (`--from_unmasked_only`, `--from_unmasked`): like no_batching but only among the
+  given frames (those whose labels are kept).
 
 Permutations come from a CPU generator seeded with (base seed, epoch), so a checkpoint only
 needs the base seed, the epoch and the position to resume the exact same stream.
 """
-from typing import NamedTuple, Optional
+from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
-from models.rays import rays_from_pixels
-
 
 class Batch(NamedTuple):
-    rays: torch.Tensor            # [B, 11]
-    rgb: torch.Tensor             # [B, 3]
+    rays: torch.Tensor            # [B, 11] (models/rays.py layout)
+    rgb: torch.Tensor             # [B, 3] ground-truth colour
     frame: torch.Tensor           # [B] training-frame index (CPU)
     v: torch.Tensor               # [B] row (CPU)
     u: torch.Tensor               # [B] column (CPU)
-    features: Optional[torch.Tensor] = None   # [B, D] descriptors
-    labels: Optional[torch.Tensor] = None     # [B] semantic labels (0 = void)
 
 
 class RayBatcher:
-    def __init__(self, scene, n_rays, device, mode="batching", frames=None, with_features=False,
-                 labels=None, base_seed=None, keep_on_cpu=False, convention="opencv"):
-        self.scene = scene
+    """Draws `n_rays` training rays per `next()` from the images `rgb` [N, H, W, 3] seen by
+    `cameras` (models.cameras.Cameras of the training split)."""
+
+    def __init__(self, cameras, rgb, n_rays, device, mode, frames=None, base_seed=None,
+                 keep_on_cpu=False):
         self.n = int(n_rays)
         self.device = torch.device(device)
         self.mode = mode
-        self.H, self.W = scene.height, scene.width
-        self.num_frames = len(scene.train)
+        self.H, self.W = cameras.height, cameras.width
+        self.num_frames = len(cameras)
         self.frames = torch.as_tensor(frames if frames is not None else range(self.num_frames)).long()
         if self.frames.numel() == 0:
             raise ValueError("no frames to sample rays from")
-        data_device = torch.device("cpu") if keep_on_cpu else self.device
-        self.rgb = scene.train.rgb.to(data_device)
-        self.poses = scene.train.poses.to(self.device)
-        self.labels = labels.to(data_device) if labels is not None else None
-        self.features = scene.train.features if with_features else None
-        self.convention = convention
+        self.cameras = replace(cameras, poses=cameras.poses.to(self.device))   # poses moved once
+        self.rgb = rgb.to(torch.device("cpu") if keep_on_cpu else self.device)
         self.base_seed = int(base_seed if base_seed is not None else torch.randint(0, 2**31 - 1, ()).item())
         self.gen = torch.Generator().manual_seed(self.base_seed)
         self.epoch, self.pos, self.perm = 0, 0, None
@@ -56,6 +53,7 @@ class RayBatcher:
         return torch.randperm(self.num_frames * self.H * self.W, generator=gen)
 
     def _indices(self):
+        """(frame [N], flat pixel index v * W + u [N]), CPU long tensors."""
         hw = self.H * self.W
         if self.mode == "fixed":
             pix = torch.linspace(0, hw - 1, self.n).round().long()
@@ -79,14 +77,12 @@ class RayBatcher:
         rays = self.ray_batch(frame, v, u)
         idx = (frame.to(self.rgb.device), v.to(self.rgb.device), u.to(self.rgb.device))
         rgb = self.rgb[idx].to(self.device, non_blocking=True)
-        feats = self.features.gather(frame, v, u, self.device) if self.features is not None else None
-        labels = self.labels[idx].to(self.device) if self.labels is not None else None
-        return Batch(rays, rgb, frame, v, u, feats, labels)
+        return Batch(rays, rgb, frame, v, u)
 
     def ray_batch(self, frame, v, u):
+        """Rays [B, 11] on the training device of pixels (v[b], u[b]) of training frames frame[b]."""
         dev = self.device
-        return rays_from_pixels(self.poses[frame.to(dev)], v.to(dev), u.to(dev), self.scene.intrinsics,
-                                self.scene.near, self.scene.far, self.convention)
+        return self.cameras.pixel_rays(frame.to(dev), v.to(dev), u.to(dev))
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self):

@@ -1,6 +1,6 @@
 """The contrastive shaping loss as N x N matrix algebra, and the original's adaptive threshold.
 
-Spec 4.3-4.5. For N rays with Jacobians J [N, P]:
+For N rays with Jacobians J [N, P]:
 
     s(a, b) = <J_a, J_b> / (|J_a| |J_b| + 1e-7)        (--nce_dot_product: <J_a, J_b>)
     s <- |s|                                            (--contrastive_abs)
@@ -11,6 +11,7 @@ Spec 4.3-4.5. For N rays with Jacobians J [N, P]:
 Pos/Neg are boolean [N, N] masks built on the host from the supervision (descriptor
 similarities against the threshold, or label equality), so the device never waits for them:
 the only host work per step is the sequential threshold scan over N anchors below.
+The literal loops these replace are in training/_reference.py.
 """
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def supervision_features(descriptors, points=None, colour=None):
 
 
 def adaptive_threshold_scan(sim, tau, n_lower, n_upper, tau_lower, tau_upper, adaptive=True, extra=None):
-    """The original's per-anchor threshold recursion (spec 4.3), exactly.
+    """The original's per-anchor threshold recursion, exactly.
 
     sim: [N, N] float32 similarities (row a: anchor a against every ray, itself included);
     tau: the threshold in force before anchor 0 (a Python float). For each anchor in order,

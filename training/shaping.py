@@ -1,25 +1,28 @@
-"""Jacobi shaping (spec 4): the per-step shaping terms added by the trainer.
+"""Jacobi shaping: the per-step shaping terms added by the trainer.
 
-`build_shaper` turns the flags into a `Shaper`; the trainer calls `shaper.active(step)` and,
-on shaping steps, adds `shaper.loss(renderer, out, batch, step)` to wgt_img * L_img.
+`build_shaper` turns the shaping options into a `Shaper`; the trainer calls
+`shaper.active(step)` and, on shaping steps, adds `shaper.loss(renderer, out, batch, step)` to
+wgt_img * L_img.
 
 One shaping step:
 1. Jacobians J [N, P] of every ray's scalar output (models/jacobians.py): the rendered pixel
-   colour (--contrastive_2d) or the colour of the back-projected 3D point (--contrastive_3d),
-   w.r.t. the shaped block (--rgb_layer, --density_layer, --pts_layer, --rgb_pts_layer,
-   --all_para); differentiable, so the loss reaches every fine parameter.
+   colour (target 2d) or the colour of the back-projected 3D point (target 3d), w.r.t. the
+   shaped parameter subset (models.jacobians.PARAMETER_SUBSETS); differentiable, so the loss
+   reaches every fine parameter.
 2. On the host, from data only (descriptors or labels of the sampled pixels, gathered on the
    CPU): the similarity matrix, the sequential adaptive-threshold scan, and the Pos/Neg masks,
    sent to the device in one non-blocking copy.
 3. On the device: wgt_contrastive * L_NCE + wgt_gradient * L_norm (training/contrastive.py).
 The threshold tau is a Python float that persists across steps and is saved in checkpoints.
+Departures from the original are listed in docs/SHAPING.md.
 """
-import os
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from models.jacobians import jacobian_size, ray_jacobians, sample_points, subset_from_flags
+from datasets.seeds import make_seeds
+from models.jacobians import PARAMETER_SUBSETS, jacobian_size, ray_jacobians, sample_points
 from models.rendering import FineSamples
 from training.contrastive import (adaptive_threshold_scan, info_nce, label_masks, norm_loss, pair_similarity,
                                   supervision_features, threshold_masks)
@@ -27,51 +30,49 @@ from utils.errors import InputError, NotSupportedError
 
 
 class Shaper:
-    needs_features = False   # descriptors are gathered here, on the host (the masks are built there)
-    needs_labels = False     # likewise for labels
+    """The shaping terms of `opts` (utils.options.ShapingOptions) for `renderer`'s fine network.
 
-    def __init__(self, exp, renderer, subset, target, supervision, store=None, labels=None, rgb=None,
-                 nocs_box=None, sample_unmasked=False):
-        num = exp.get_num if hasattr(exp, "get_num") else exp.get
-        self.subset, self.target, self.mode = subset, target, supervision
+    store: the training descriptors (datasets.dino_io.DescriptorStore) for descriptor
+    supervision; labels: [N, H, W] int64 CPU training labels (0 = void) for label supervision;
+    rgb: [N, H, W, 3] training colours (concat_color); nocs_box: (centre [3], extent [3]) of the
+    scene box (render_nocs).
+    """
+
+    def __init__(self, opts, renderer, store=None, labels=None, rgb=None, nocs_box=None):
+        self.opts = opts
         self.store, self.labels, self.rgb, self.nocs_box = store, labels, rgb, nocs_box
-        self.sample_unmasked = sample_unmasked
-        self.start = int(num("contrastive_starting_step"))
-        self.every = int(num("contrastive_step"))
-        self.label_step = int(num("finetune_label_step") or 2)
-        self.wgt_contrastive = float(num("wgt_contrastive"))
-        self.wgt_gradient = float(num("wgt_gradient"))
-        self.tau = self.initial_tau = float(num("pos_threshold"))
-        self.nocs_tau = float(num("nocs_pos_threshold"))
-        self.ratio_lower, self.ratio_upper = float(num("pos_ratio_lower")), float(num("pos_ratio_upper"))
-        self.tau_lower, self.tau_upper = float(num("pos_threshold_lower")), float(num("pos_threshold_upper"))
-        flag = lambda k: bool(exp.get(k))   # noqa: E731
-        self.adaptive, self.pos_order = flag("adaptive_threshold"), flag("pos_order")
-        self.dot, self.absolute = flag("nce_dot_product"), flag("contrastive_abs")
-        self.norm_term = flag("gradient_norm_loss") or self.dot
-        self.random_channel, self.concat_color = flag("random_channel"), flag("concat_color")
-        self.spatial = "embedding" if flag("spatial_embedding") else "xyz" if flag("spatial") else None
-        self.P = jacobian_size(renderer.fine, subset)
+        self.tau = self.initial_tau = opts.pos_threshold
+        self.nocs_tau = opts.nocs_pos_threshold
+        self.P = jacobian_size(renderer.fine, opts.subset)
         self.steps = 0
         self._last = {}
         self._pos_ratio_sum = 0.0
 
+    @property
+    def mode(self):
+        """The supervision: 'features' | 'labels' | 'alternate'."""
+        return self.opts.supervision
+
     # -- the trainer's interface ----------------------------------------------------------
     def active(self, step):
-        return step >= self.start and step % self.every == 0
+        """Whether `step` is a shaping step: step >= start and step % every == 0."""
+        return step >= self.opts.start and step % self.opts.every == 0
 
     def supervision(self, step):
         """'features' or 'labels' on this step (--sample_alter: labels on multiples of
         --finetune_label_step, descriptors otherwise, as the original)."""
         if self.mode == "alternate":
-            return "features" if step % self.label_step else "labels"
+            return "features" if step % self.opts.label_step else "labels"
         return self.mode
 
     def loss(self, renderer, out, batch, step):
+        """(wgt_contrastive * L_NCE + wgt_gradient * L_norm as a float64 0-d tensor in graph, logs)
+        for the rays of `batch` rendered as `out` (render_rays with keep_fine=True)."""
+        o = self.opts
         rays = batch.rays
         n, dev = rays.shape[0], rays.device
         channel = None
-        if self.random_channel:   # the global CPU generator (seeded by --seed), one channel per ray
+        if o.random_channel:   # the global CPU generator (seeded by --seed), one channel per ray
             channel = torch.randint(0, 3, (n,)).to(dev, non_blocking=True)
         jac = self.jacobians(renderer, out, rays, channel)          # queued on the device
         pos, neg = self.pair_masks(renderer, out, batch, step)     # host work meanwhile
@@ -79,17 +80,17 @@ class Shaper:
         if dev.type == "cuda":
             masks = masks.pin_memory()
         masks = masks.to(dev, non_blocking=True)
-        sim, norms = pair_similarity(jac, self.dot, self.absolute)
+        sim, norms = pair_similarity(jac, o.dot_product, o.absolute)
         nce, _ = info_nce(sim, masks[0], masks[1])
-        grad_loss = norm_loss(norms) if self.norm_term else torch.zeros((), dtype=nce.dtype, device=dev)
-        total = self.wgt_contrastive * nce + self.wgt_gradient * grad_loss
+        grad_loss = norm_loss(norms) if o.norm_loss else torch.zeros((), dtype=nce.dtype, device=dev)
+        total = o.wgt_contrastive * nce + o.wgt_gradient * grad_loss
         pos_ratio = float(pos.sum()) / (n * n)
         self.steps += 1
         self._pos_ratio_sum += pos_ratio
         logs = {"Train/Loss/contrastive_loss": nce.detach(),
-                "Train/Loss/weighted_total_contrastive_loss": self.wgt_contrastive * nce.detach(),
+                "Train/Loss/weighted_total_contrastive_loss": o.wgt_contrastive * nce.detach(),
                 "Train/Loss/gradient_loss": grad_loss.detach(),
-                "Train/Loss/weighted_total_gradient_loss": self.wgt_gradient * grad_loss.detach(),
+                "Train/Loss/weighted_total_gradient_loss": o.wgt_gradient * grad_loss.detach(),
                 "Train/Gradient/gradient_norm": norms.detach().mean(),
                 "Train/Shaping/pos_threshold": self.tau,
                 "Train/Shaping/pos_ratio": pos_ratio,
@@ -98,6 +99,7 @@ class Shaper:
         return total, logs
 
     def state_dict(self):
+        """The checkpoint's `jnerf_state.shaper`: the thresholds and the shaping-step count."""
         return {"pos_threshold": self.tau, "nocs_pos_threshold": self.nocs_tau, "steps": self.steps}
 
     def load_state_dict(self, state, resume):
@@ -107,26 +109,28 @@ class Shaper:
             self.tau = self.initial_tau = float(state["pos_threshold"])
 
     def summary(self):
+        """metrics.json's `shaping` entry."""
         last = {k.split("/")[-1]: float(v) for k, v in self._last.items()}
-        return dict(supervision=self.mode, jacobian=self.target, parameters=self.subset, jacobian_size=self.P,
-                    shaping_steps=self.steps, pos_threshold_initial=self.initial_tau,
+        return dict(supervision=self.mode, jacobian=self.opts.target, parameters=self.opts.subset,
+                    jacobian_size=self.P, shaping_steps=self.steps, pos_threshold_initial=self.initial_tau,
                     pos_threshold_final=self.tau,
                     mean_pos_ratio=self._pos_ratio_sum / max(1, self.steps), last=last)
 
     # -- pieces -------------------------------------------------------------------------------
     def jacobians(self, renderer, out, rays, channel=None):
         """[N, P] Jacobians of the 2D pixel colours or of the 3D points' colours."""
-        if self.target == "2d":
+        subset = self.opts.subset
+        if self.opts.target == "2d":
             fine = out["fine"]
             pts, viewdirs = sample_points(rays, fine.z)
-            return ray_jacobians(renderer, fine, pts, viewdirs, self.subset, channel, colour=out["rgb"])
+            return ray_jacobians(renderer, fine, pts, viewdirs, subset, channel, colour=out["rgb"])
         pts = self.surface_points(out, rays)[:, None, :]            # [N, 1, 3], constant
         zero_dirs = torch.zeros_like(pts[:, 0])                     # the original's zero view direction
         field = renderer.run_field(renderer.fine, pts, zero_dirs)
         colour = torch.sigmoid(field.rgb_logits[:, 0])
         fine = FineSamples(None, torch.ones_like(field.sigma_raw), field.rgb_logits, field.rgb_features,
                            field.sigma_raw)
-        return ray_jacobians(renderer, fine, pts, zero_dirs, self.subset, channel, colour=colour)
+        return ray_jacobians(renderer, fine, pts, zero_dirs, subset, channel, colour=colour)
 
     @staticmethod
     def surface_points(out, rays):
@@ -138,25 +142,26 @@ class Shaper:
     def pair_masks(self, renderer, out, batch, step):
         """Host side: (pos, neg) bool [N, N] numpy arrays; updates tau (descriptor steps)."""
         frame, v, u = batch.frame.cpu(), batch.v.cpu(), batch.u.cpu()
+        o = self.opts
         if self.supervision(step) == "labels":
-            return label_masks(self.labels[frame, v, u].numpy(), self.pos_order)
+            return label_masks(self.labels[frame, v, u].numpy(), o.pos_order)
         desc = self.store.gather(frame, v, u)                        # CPU float32 [N, D]
         points = colour = extra = None
         if self.nocs_box is not None:                                 # needs the render: one sync
             nocs = self.rendered_nocs(out, batch.rays).cpu().numpy()
             extra = (nocs @ nocs.T) > np.float32(self.nocs_tau)
-        elif self.spatial is not None:                                # needs the render: one sync
+        elif o.spatial is not None:                                   # needs the render: one sync
             pts = self.surface_points(out, batch.rays)
-            points = (renderer.pos_enc(pts) if self.spatial == "embedding" else pts).cpu().float()
-        if self.concat_color:
+            points = (renderer.pos_enc(pts) if o.spatial == "embedding" else pts).cpu().float()
+        if o.concat_color:
             colour = self.rgb[frame, v, u].float()
         f = supervision_features(desc, points, colour)
         sim = (f @ f.T).numpy()
         n = sim.shape[0]
         taus, self.tau = adaptive_threshold_scan(
-            sim, self.tau, int(self.ratio_lower * n), int(self.ratio_upper * n), self.tau_lower,
-            self.tau_upper, adaptive=self.adaptive and not self.pos_order, extra=extra)
-        return threshold_masks(sim, taus, extra, self.pos_order)
+            sim, self.tau, int(o.pos_ratio_lower * n), int(o.pos_ratio_upper * n), o.pos_threshold_lower,
+            o.pos_threshold_upper, adaptive=o.adaptive_threshold and not o.pos_order, extra=extra)
+        return threshold_masks(sim, taus, extra, o.pos_order)
 
     def rendered_nocs(self, out, rays):
         """sum_s w_s nocs(p_s), nocs(p) = (p - centre) / extent (the box of `nocs_box`)."""
@@ -167,39 +172,23 @@ class Shaper:
 
 
 # ----------------------------------------------------------------------------------------------
-# construction from the flags
+# construction from the options
 # ----------------------------------------------------------------------------------------------
-def supervision_mode(exp):
-    """'features' | 'labels' | 'alternate' (the decisions are in docs/SHAPING.md)."""
-    feats, labels = bool(exp.get("gt_feature_sim")), bool(exp.get("sample_semantic"))
-    if exp.get("sample_alter"):
-        return "alternate"
-    if feats and labels:
-        raise InputError("--gt_feature_sim and --sample_semantic both choose the positives; pass one, "
-                         "or --sample_alter to alternate between them")
-    if feats:
-        return "features"
-    if labels or exp.get("from_label"):
-        return "labels"
-    raise InputError("shaping needs a supervision for positives: --gt_feature_sim (descriptor similarity, "
-                     "the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
-
-
-def nocs_box_from_depth(scene, stride=4, convention="opencv"):
-    """(centre, extent) of the axis-aligned box of the training depth point cloud (Replica has no
-    mesh bounding box; see docs/SHAPING.md)."""
-    from models.rays import rays_from_pixels
-    split = scene.train
-    if split.depth is None:
+def nocs_box_from_depth(cameras, depth, stride=4):
+    """(centre [3], extent [3]) float32 of the axis-aligned box of the training depth point cloud:
+    every `stride`-th pixel (v, u) of every view with depth > 0 back-projected to o + depth * d
+    (float64), with `cameras` (models.cameras.Cameras) and `depth` [N, H, W] (Replica has no mesh
+    bounding box; see docs/SHAPING.md). extent is clamped to at least 1e-6."""
+    if depth is None:
         raise NotSupportedError("--render_nocs needs depth maps (depth/ folder) to bound the scene")
+    cams = replace(cameras, poses=cameras.poses.double())
     lo, hi = None, None
-    vv, uu = torch.meshgrid(torch.arange(0, scene.height, stride), torch.arange(0, scene.width, stride),
+    vv, uu = torch.meshgrid(torch.arange(0, cams.height, stride), torch.arange(0, cams.width, stride),
                             indexing="ij")
     vv, uu = vv.reshape(-1), uu.reshape(-1)
-    for i in range(len(split)):
-        rays = rays_from_pixels(split.poses[i].double(), vv.double(), uu.double(), scene.intrinsics,
-                                scene.near, scene.far, convention)
-        d = split.depth[i][vv, uu].double()
+    for i in range(len(cams)):
+        rays = cams.pixel_rays(torch.full_like(vv, i), vv.double(), uu.double())
+        d = depth[i][vv, uu].double()
         ok = d > 0
         if ok.any():
             p = rays[ok, 0:3] + d[ok, None] * rays[ok, 3:6]
@@ -210,54 +199,30 @@ def nocs_box_from_depth(scene, stride=4, convention="opencv"):
     return ((lo + hi) / 2).float(), (hi - lo).clamp(min=1e-6).float()
 
 
-def build_shaper(settings, scene, renderer, rng):
-    """(shaper, labels, frames) for the trainer. labels: [N, H, W] int64 CPU oracle labels or
-    None; frames: training frames the batcher may draw from (--from_unmasked*) or None."""
-    exp = settings.exp
-    if int(exp.get_num("contrastive_step")) < 1:
-        raise InputError(f"--contrastive_step {exp.get('contrastive_step')}: must be at least 1")
-    subset = subset_from_flags(exp)
-    if subset is None:
-        raise InputError("shaping needs the shaped parameters: --rgb_layer (the paper's), --density_layer, "
-                         "--pts_layer, --rgb_pts_layer or --all_para")
-    target = "2d" if exp.get("contrastive_2d") or not exp.get("contrastive_3d") else "3d"
-    mode = supervision_mode(exp)
-    uses_features, uses_labels = mode in ("features", "alternate"), mode in ("labels", "alternate")
-    extras = [f for f in ("spatial", "spatial_embedding", "concat_color", "render_nocs") if exp.get(f)]
-    if extras and not uses_features:
-        raise InputError(f"--{extras[0]} modifies descriptor similarities; with label supervision it has "
-                         "no effect (add --gt_feature_sim or --sample_alter)")
-    if exp.get("render_nocs") and (exp.get("spatial") or exp.get("spatial_embedding")):
-        raise InputError("--render_nocs replaces --spatial/--spatial_embedding (the original ignores them); "
-                         "pass one of them")
-    if uses_features and scene.train.features is None:
-        what = "--sample_alter alternates descriptor and label supervision" if mode == "alternate" \
-            else "--gt_feature_sim"
-        raise InputError(f"{what}: it needs descriptors; add --load_dino (or --load_lseg)")
-
-    labels, mask_ids = None, None
-    unmasked = bool(exp.get("from_unmasked_only")) or (bool(exp.get("from_unmasked")) and uses_labels)
-    if uses_labels or unmasked:
-        from propagation.seeds import make_seeds
-        seed_dir = exp.get("seed_dir") or os.path.join(exp["save_dir"], "seeds")
-        seeds = make_seeds(scene.train.semantic, exp, rng, seed_dir, train_ids=scene.train.ids,
+def build_shaper(opts, scene, renderer, rng):
+    """(shaper, frames) for the trainer from `opts` (utils.options.RunOptions with `shaping` set;
+    every flag combination is validated there). frames: the training frames that keep labels,
+    which the batcher draws from with `shaping.unmasked`, else None. Label supervision and
+    `unmasked` read the seed labels (datasets.seeds.make_seeds with `opts.seeds`, drawing from
+    the numpy Generator `rng`)."""
+    sh = opts.shaping
+    uses_labels = sh.supervision in ("labels", "alternate")
+    labels, frames = None, None
+    if uses_labels or sh.unmasked:
+        seeds = make_seeds(scene.train.semantic, opts.seeds, rng, train_ids=scene.train.ids,
                            colour_map=scene.colour_map)
-        mask_ids = np.asarray(seeds.mask_ids, dtype=bool)
-        labels = torch.from_numpy(np.asarray(seeds.labels, dtype=np.int64)) if uses_labels else None
-    frames = None
-    if unmasked:
-        frames = np.flatnonzero(mask_ids).tolist()
-        if not frames:
-            raise InputError("--from_unmasked: no training frame keeps labels (see --sparse_ratio/--label_map_ids)")
-    nocs_box = None
-    if exp.get("render_nocs"):
-        nocs_box = nocs_box_from_depth(scene, convention=exp.get("convention", "opencv"))
+        if uses_labels:
+            labels = torch.from_numpy(np.asarray(seeds.labels, dtype=np.int64))
+        if sh.unmasked:
+            frames = np.flatnonzero(np.asarray(seeds.mask_ids, dtype=bool)).tolist()
+            if not frames:
+                raise InputError("--from_unmasked: no training frame keeps labels (see --sparse_ratio/--label_map_ids)")
+    nocs_box = nocs_box_from_depth(scene.cameras(scene.train), scene.train.depth) if sh.render_nocs else None
     try:
-        shaper = Shaper(exp, renderer, subset, target, mode, store=scene.train.features, labels=labels,
-                        rgb=scene.train.rgb if exp.get("concat_color") else None, nocs_box=nocs_box,
-                        sample_unmasked=unmasked)
+        shaper = Shaper(sh, renderer, store=scene.train.features, labels=labels,
+                        rgb=scene.train.rgb if sh.concat_color else None, nocs_box=nocs_box)
     except ValueError as exc:      # e.g. --pts_layer on a network with fewer than 7 trunk layers
-        raise InputError(f"--{subset}_layer: {exc}" if subset != "all_para" else str(exc)) from None
-    print(f"[jnerf] shaping: {target} Jacobians of {subset} ({shaper.P} numbers), supervision {mode}, "
-          f"tau {shaper.tau}{' adaptive' if shaper.adaptive else ''}", flush=True)
-    return shaper, labels, frames
+        raise InputError(f"--{PARAMETER_SUBSETS[sh.subset].flag}: {exc}") from None
+    print(f"[jnerf] shaping: {sh.target} Jacobians of {sh.subset} ({shaper.P} numbers), supervision "
+          f"{sh.supervision}, tau {shaper.tau}{' adaptive' if sh.adaptive_threshold else ''}", flush=True)
+    return shaper, frames

@@ -14,6 +14,7 @@ class TBLogger:
         self.enabled = enabled
         self.writer = None
         if enabled:
+            # imported here: tensorboard is heavy and needed only when logging is on (log=False runs skip it)
             from torch.utils.tensorboard import SummaryWriter
             os.makedirs(log_dir, exist_ok=True)
             self.writer = SummaryWriter(log_dir)
@@ -47,10 +48,6 @@ class TBLogger:
     def images(self, step, tag, array_nhwc):
         if self.enabled:
             self.writer.add_images(tag, array_nhwc, step, dataformats="NHWC")
-
-    def text(self, tag, text):
-        if self.enabled:
-            self.writer.add_text(tag, text)
 
     def close(self):
         if self.enabled:

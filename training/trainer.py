@@ -1,12 +1,13 @@
-"""The fitting loop: plain NeRF training and, with a shaper attached, Jacobi shaping (spec 3.7-3.9).
+"""The fitting loop: plain NeRF training and, with a shaper attached, Jacobi shaping.
 
-One step: sample rays, render coarse + fine in training mode, photometric loss
-wgt_img * (MSE_coarse + MSE_fine), plus the shaping terms on shaping steps, one backward, Adam,
-then lr <- lrate * 0.1^(step / lrate_decay) (so step s runs with the rate set after step s-1).
-Checkpoints every `logging.step_save_ckpt` steps (step 0 included), periodic renders of the
-train/test views every `step_vis_train` / `step_val` steps, and a final test render with PSNR.
+One step s: sample N rays, render coarse + fine in training mode, photometric loss
+L = wgt_img * (MSE_coarse + MSE_fine), MSE = mean over rays and channels of (C - C_gt)^2, plus
+the shaping terms on shaping steps (training/shaping.py), one backward, Adam, then
+lr <- lrate * 0.1^(s / lrate_decay) (so step s runs with the rate set after step s - 1).
+Checkpoints every `logging.step_save_ckpt` steps (step 0 included) and at the last step,
+renders of the train/test views every `step_vis_train` / `step_val` steps, and a final test
+render with PSNR.
 """
-import json
 import os
 import random
 import time
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.checkpoints import EXTRA_KEY, apply_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from models.render_views import render_views
 from training.batching import RayBatcher
-from training.checkpoints import EXTRA_KEY, apply_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from training.render_views import render_views
 from training.tb_logger import TBLogger
 
 
@@ -41,14 +42,17 @@ def build_optimizer(renderer, lrate, fix_density=False):
 
 
 def img2mse(x, y):
+    """Mean of (x - y)^2 over every element."""
     return torch.mean((x - y) ** 2)
 
 
 def mse2psnr(mse):
+    """PSNR in dB of an MSE of colours in [0, 1]: -10 log10(mse)."""
     return -10.0 * torch.log10(mse)
 
 
 def rng_state():
+    """torch (CPU and CUDA), Python and NumPy global random states, for an exact resume."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": np.random.get_state()[1].tolist()}
     if torch.cuda.is_available():
@@ -57,6 +61,7 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore `rng_state()`'s states (the CUDA ones only on a machine with as many devices)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np_state = np.random.get_state()
@@ -77,31 +82,27 @@ def _to_cpu(obj):
 
 
 class Trainer:
-    def __init__(self, settings, scene, renderer, save_dir, shaper=None, labels=None, frames=None,
-                 base_seed=None, log=True):
-        self.s = settings
+    """Fits `renderer` to the training views of `scene` under `train` (utils.options.TrainOptions).
+
+    shaper: a training.shaping.Shaper, or None for plain NeRF training; frames: the training
+    frames rays are drawn from in the "unmasked" sampling mode (None: all); seed: base seed of
+    the ray stream (None: drawn from torch's generator); test_viz_factor: down-scaling of the
+    periodic and final renders; log: write TensorBoard events.
+    """
+
+    def __init__(self, train, scene, renderer, save_dir, shaper=None, frames=None, seed=None, test_viz_factor=1,
+                 log=True):
+        self.opts = train
         self.scene = scene
         self.renderer = renderer
         self.device = renderer.device
         self.save_dir = save_dir
         self.shaper = shaper
-        exp, train, logcfg = settings.exp, settings.train, settings.logging
-        self.lrate = float(train.get_num("lrate"))
-        self.lrate_decay = float(train.get_num("lrate_decay"))
-        self.wgt_img = float(train.get_num("wgt_img", 1))
-        self.n_iters = int(float(train.get_num("N_iters")))
-        self.every = {k: max(1, int(logcfg.get_num(k, d))) for k, d in (
-            ("step_log_tfb", 1), ("step_save_ckpt", 100), ("step_val", 5000), ("step_vis_train", 5000),
-            ("step_log_print", 1))}
-        self.optimizer = build_optimizer(renderer, self.lrate, bool(exp.get("fix_density")))
-        unmasked = exp.get("from_unmasked_only") or getattr(shaper, "sample_unmasked", False)
-        mode = ("fixed" if exp.get("sample_fixed") else "unmasked" if unmasked
-                else "no_batching" if settings.render.get("no_batching") else "batching")
-        self.batcher = RayBatcher(
-            scene, int(settings.render.get_num("N_rays")), self.device, mode=mode, frames=frames,
-            with_features=bool(shaper and shaper.needs_features),
-            labels=labels if (shaper and shaper.needs_labels) else None, base_seed=base_seed,
-            keep_on_cpu=bool(exp.get("load_on_cpu")), convention=exp.get("convention", "opencv"))
+        self.test_viz_factor = test_viz_factor
+        self.n_iters = train.n_iters
+        self.optimizer = build_optimizer(renderer, train.lrate, train.fix_density)
+        self.batcher = RayBatcher(scene.cameras(scene.train), scene.train.rgb, train.n_rays, self.device,
+                                  mode=train.batching, frames=frames, base_seed=seed, keep_on_cpu=train.load_on_cpu)
         self.log = log
         self.logger = None   # created by fit(), so a run that fails while loading writes no events
         self.start = 0
@@ -124,6 +125,7 @@ class Trainer:
         return data
 
     def extra_state(self):
+        """The checkpoint's `jnerf_state`: ray-stream position, random states, shaper state."""
         extra = {"batcher": self.batcher.state_dict(), "rng": rng_state()}
         if self.shaper is not None:
             extra["shaper"] = self.shaper.state_dict()
@@ -135,13 +137,15 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def train_step(self, step):
+        """One optimisation step at `step` (the learning-rate update uses it); returns (logs
+        {TensorBoard tag: 0-d tensor or float}, the render's output dict)."""
         batch = self.batcher.next()
         shaping = self.shaper is not None and self.shaper.active(step)
         out = self.renderer.render_rays(batch.rays, train=True, keep_fine=shaping)
         loss_c = img2mse(out["rgb_coarse"], batch.rgb)
         loss_f = img2mse(out["rgb"], batch.rgb)
         img_loss = loss_c + loss_f
-        loss = self.wgt_img * img_loss
+        loss = self.opts.wgt_img * img_loss
         logs = {"Train/Loss/img_loss_coarse": loss_c, "Train/Loss/img_loss_fine": loss_f,
                 "Train/Loss/total_img_loss": img_loss}
         if shaping:
@@ -151,7 +155,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        new_lr = self.lrate * (0.1 ** (step / self.lrate_decay))
+        new_lr = self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
         for group in self.optimizer.param_groups:
             group["lr"] = new_lr
         with torch.no_grad():
@@ -162,7 +166,11 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, end=None):
+        """Steps self.start .. end (default n_iters) inclusive, then the final test render.
+        Returns dict(steps, seconds (the loop, without the final render), final_step, test_psnr,
+        test_psnr_per_view)."""
         end = self.n_iters if end is None else end
+        every = self.opts.logging
         self.logger = TBLogger(os.path.join(self.save_dir, "tfb_logs"), enabled=self.log)
         steps = range(self.start, end + 1)
         bar = tqdm(steps, desc="shaping" if self.shaper else "training", dynamic_ncols=True, mininterval=1.0)
@@ -170,18 +178,18 @@ class Trainer:
         for step in bar:
             self.renderer.train()
             logs, out = self.train_step(step)
-            if step % self.every["step_log_tfb"] == 0:
+            if step % every.step_log_tfb == 0:
                 self.logger.scalars(step, logs)
-                if step % (self.every["step_log_tfb"] * 1000) == 0:  # histograms sync: keep them rare
+                if step % (every.step_log_tfb * 1000) == 0:  # histograms sync: keep them rare
                     self.logger.histogram(step, "trans_coarse", out["sigma_raw_coarse"])
                     self.logger.histogram(step, "trans_fine", out["sigma_raw_fine"])
-            if step % max(self.every["step_log_print"], 20) == 0:
+            if step % max(every.step_log_print, 20) == 0:
                 bar.set_postfix(psnr=f"{float(logs['Train/Metric/psnr_fine']):.2f}", refresh=False)
-            if step % self.every["step_save_ckpt"] == 0 or step == end:
+            if step % every.step_save_ckpt == 0 or step == end:
                 self.save(step)
-            if step > 0 and step % self.every["step_vis_train"] == 0:
+            if step > 0 and step % every.step_vis_train == 0:
                 self.periodic_render(step, "train")
-            if step > 0 and step % self.every["step_val"] == 0 and step != end:
+            if step > 0 and step % every.step_val == 0 and step != end:
                 self.periodic_render(step, "test")
         self.logger.flush()
         elapsed = time.time() - t0
@@ -191,22 +199,15 @@ class Trainer:
                     test_psnr_per_view=result["psnr_per_view"])
 
     def periodic_render(self, step, which):
+        """Render the 'train' or 'test' views at 1/test_viz_factor into <save_dir>/<which>_render/
+        step_<step>/ and log batch PSNR / MSE and the images; returns render_views' result."""
         split = self.scene.train if which == "train" else self.scene.test
-        factor = int(self.s.render.get_num("test_viz_factor", 1))
         self.renderer.eval()
         out_dir = os.path.join(self.save_dir, f"{which}_render", f"step_{step:06d}")
-        result = render_views(self.renderer, self.scene, split, out_dir, factor,
-                              convention=self.s.exp.get("convention", "opencv"))
+        result = render_views(self.renderer, self.scene.cameras(split), split.rgb, out_dir, self.test_viz_factor)
         self.renderer.train()
         tag = "Train" if which == "train" else "Test"
         self.logger.scalars(step, {f"{tag}/Metric/batch_PSNR": -10 * np.log10(max(result["mse"], 1e-12)),
                                    f"{tag}/Metric/batch_MSE": result["mse"]})
         self.logger.images(step, f"{tag}/rgb", result["rgb"].numpy())
         return result
-
-
-def write_json_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)

@@ -18,13 +18,35 @@ import os
 
 import yaml
 
+from utils.atomic import write_text_atomic
 from utils.errors import InputError
 
 SECTIONS_OVERRIDDEN = ("experiment", "train", "render")
 # YAML keys whose values stay strings even if they look like numbers.
 STRING_KEYS = {"gpu", "scene_file", "save_dir", "dataset_dir", "ckpt_path", "convention", "name"}
 NEW_FLAGS = {"seed", "seed_dir", "N_iters", "noisy_propagation", "agg_steps", "precision", "demo",
-             "sample_step", "weights"}
+             "sample_step", "weights", "overwrite", "keep_ckpts"}
+
+# The original's flag order: the merged sections (and the saved exp_config.yaml) list flags in it.
+FLAG_ORDER = ('config_file', 'test_instance', 'training_mode', 'resume', 'save_dir', 'ckpt_path', 'render_only',
+              'no_batching', 'dataset_type', 'lrate', 'lrate_decay', 'N_rays', 'N_importance',
+              'N_samples', 'test_viz_factor', 'wgt_img', 'load_dino', 'load_lseg', 'high_res_dino',
+              'feature_dim', 'load_on_cpu', 'contrastive_2d', 'contrastive_abs', 'contrastive_3d',
+              'wgt_contrastive', 'wgt_gradient', 'contrastive_step', 'contrastive_starting_step',
+              'spatial', 'spatial_embedding', 'concat_color', 'sample_semantic', 'nce_dot_product',
+              'gradient_norm_loss', 'gt_feature_sim', 'pos_order', 'neg_threshold', 'pos_threshold',
+              'nocs_pos_threshold', 'adaptive_threshold', 'pos_ratio_upper', 'pos_threshold_upper',
+              'pos_ratio_lower', 'pos_threshold_lower', 'render_nocs', 'rgb_layer', 'rgb_pts_layer',
+              'density_layer', 'pts_layer', 'all_para', 'from_label', 'sample_alter',
+              'finetune_label_step', 'from_unmasked', 'from_unmasked_only', 'sample_fixed',
+              'fix_density', 'propagate_3d', 'propagate_2d', 'normalize_2d', 'no_abs', 'random_channel',
+              'train_agg', 'mean_response', 'mean_gradient', 'gradient_kmeans', 'merge_instance',
+              'adaptive_selection', 'num_comb', 'visualize_gradients', 'num_iters', 'n_clusters',
+              'perturb_t', 'perturb_r', 'perturb_g', 'perturb_b', 't_iter', 'sparse_views',
+              'sparse_ratio', 'label_map_ids', 'random_sample', 'label_propagation', 'partial_perc',
+              'user_click', 'num_click', 'visualise_save', 'load_saved', 'gpu', 'perturb_gradient',
+              'seed', 'seed_dir', 'N_iters', 'noisy_propagation', 'agg_steps', 'precision',
+              'sample_step', 'demo')
 
 
 def _int_like(text):
@@ -35,123 +57,140 @@ def _int_like(text):
     return int(value)
 
 
-def build_parser():
+def build_parser(dataset_types=("replica", "scannet"), subsets=(), rules=()):
+    """The command line. Flag names, defaults and meanings are the original's (plus NEW_FLAGS).
+
+    dataset_types: loader names (datasets.registry); subsets: (flag, help) of the Jacobian
+    parameter subsets (models.jacobians registry); rules: (flag, help) of the propagation
+    direction rules (propagation.directions registry), each in precedence order. main.py passes
+    the registries, so adding an entry there adds its flag here.
+    """
     p = argparse.ArgumentParser(
-        description="JacobiNeRF: NeRF training, Jacobi shaping, label propagation.",
+        prog="main.py", description="JacobiNeRF: NeRF training, Jacobi shaping, label propagation. Every flag, "
+        "its default included, overrides the YAML key of the same name (experiment/train/render).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    # general and data
-    a("--config_file", type=str, default="./configs/replica_room0_config.yaml", help="YAML config file")
-    a("--test_instance", action="store_true", help="propagate instance ids instead of semantic classes")
-    a("--training_mode", action="store_true", help="test set = frame 0 only (test images not loaded)")
-    a("--resume", action="store_true", help="with --ckpt_path: continue from its step and optimizer state")
-    a("--save_dir", type=str, default="", help="output folder")
-    a("--ckpt_path", type=str, default=None, help="checkpoint to load")
-    a("--render_only", action="store_true", help="render the test views and exit")
-    a("--no_batching", action="store_true", default=False,
-      help="take each batch from one random training image instead of all pixels of all images")
-    a("--dataset_type", type=str, default="replica", choices=["replica", "scannet"])
-    a("--lrate", type=float, default=5e-4)
-    a("--lrate_decay", type=_int_like, default=250e3, help="steps for a 10x learning-rate decay")
-    a("--N_rays", type=int, default=1024, help="rays per training step")
-    a("--N_importance", type=int, default=128, help="fine samples per ray")
-    a("--N_samples", type=int, default=64, help="coarse samples per ray")
-    a("--test_viz_factor", type=int, default=1, help="down-scaling of test/visualisation renders")
-    a("--wgt_img", type=float, default=1, help="weight of the photometric loss")
-    # pre-extracted features
-    a("--load_dino", action="store_true", help="load dino/dino_<i>.pth descriptors")
-    a("--load_lseg", action="store_true", help="load lseg/lseg_<i>.pth descriptors (512-d)")
-    a("--high_res_dino", action="store_true", help="read dino_1/ descriptors that are already H x W")
-    a("--feature_dim", type=int, default=384, help="descriptor width; PCA when smaller than the file's")
-    a("--load_on_cpu", action="store_true", default=False,
+
+    g = p.add_argument_group("run and output").add_argument
+    g("--config_file", type=str, default="./configs/replica_room0_config.yaml", help="YAML config file")
+    g("--save_dir", type=str, default="", help="output folder (checkpoints, renders, metrics)")
+    g("--ckpt_path", type=str, default=None, help="checkpoint to load")
+    g("--resume", action="store_true", help="continue a training run from its step and optimizer state: "
+      "--ckpt_path, or the latest checkpoint in --save_dir")
+    g("--overwrite", action="store_true", default=None,
+      help="clear --save_dir's earlier run first (its seeds/ folder is kept); without it such a folder is refused")
+    g("--keep_ckpts", type=int, default=None, help="keep the newest N checkpoints plus the final one (unset: all)")
+    g("--render_only", action="store_true", help="render the test views of --ckpt_path and exit")
+    g("--gpu", type=str, default="", help="CUDA device index; ignored without CUDA")
+    g("--seed", type=int, default=None, help="seed every random draw; unset = unseeded, as the original")
+    g("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16"],
+      help="on CUDA: fp32 (unset = fp32); tf32 matmuls; fp16 = tf32 for training plus a float16 engine for "
+           "renders and propagation (docs/PERFORMANCE.md). CPU: always fp32")
+    g("--demo", action="store_true", help="run the whole pipeline on the built-in synthetic scene")
+
+    g = p.add_argument_group("data").add_argument
+    g("--dataset_type", type=str, default="replica", choices=list(dataset_types), help="dataset layout")
+    g("--training_mode", action="store_true", help="test set = frame 0 only (test images not loaded)")
+    g("--sample_step", type=int, default=None, help="ScanNet frame step (unset: experiment.sample_step)")
+    g("--load_dino", action="store_true", help="load dino/dino_<i>.pth descriptors")
+    g("--load_lseg", action="store_true", help="load lseg/lseg_<i>.pth descriptors (512-d)")
+    g("--high_res_dino", action="store_true", help="read dino_1/ descriptors that are already H x W")
+    g("--feature_dim", type=int, default=384, help="descriptor width; PCA when smaller than the file's")
+    g("--load_on_cpu", action="store_true", default=False,
       help="keep images and descriptors in host memory, gather per batch")
-    # J-NeRF shaping
-    a("--contrastive_2d", action="store_true", help="shape Jacobians of rendered pixel colours")
-    a("--contrastive_abs", action="store_true", help="absolute cosine in the contrastive loss")
-    a("--contrastive_3d", action="store_true", help="shape Jacobians of back-projected 3D points")
-    a("--wgt_contrastive", type=float, default=0.1)
-    a("--wgt_gradient", type=float, default=0.1)
-    a("--contrastive_step", type=int, default=5000, help="shaping term on steps divisible by this")
-    a("--contrastive_starting_step", type=int, default=10000, help="shaping term from this step on")
-    a("--spatial", action="store_true")
-    a("--spatial_embedding", action="store_true")
-    a("--concat_color", action="store_true", help="append colour to the supervision feature")
-    a("--sample_semantic", action="store_true", help="positives from equal ground-truth labels")
-    a("--nce_dot_product", action="store_true", help="raw dot product instead of cosine")
-    a("--gradient_norm_loss", action="store_true", help="add mean (|J|-1)^2")
-    a("--gt_feature_sim", action="store_true", help="positives from descriptor cosine similarity")
-    a("--pos_order", action="store_true", help="single positive: the most similar ray")
-    a("--neg_threshold", type=float, default=0.8, help="accepted for compatibility; unused, as in the original")
-    a("--pos_threshold", type=float, default=0.8)
-    a("--nocs_pos_threshold", type=float, default=0.9)
-    a("--adaptive_threshold", action="store_true")
-    a("--pos_ratio_upper", type=float, default=0.15)
-    a("--pos_threshold_upper", type=float, default=0.9)
-    a("--pos_ratio_lower", type=float, default=0.05)
-    a("--pos_threshold_lower", type=float, default=0.5)
-    a("--render_nocs", action="store_true")
-    # which parameters are shaped
-    a("--rgb_layer", action="store_true", help="fine rgb_linear.weight (the paper's choice)")
-    a("--rgb_pts_layer", action="store_true", help="fine rgb_linear.weight and pts_linears.6.weight")
-    a("--density_layer", action="store_true", help="fine alpha_linear.weight")
-    a("--pts_layer", action="store_true", help="fine pts_linears.6.weight")
-    a("--all_para", action="store_true", help="all fine-network parameters")
-    # other shaping options
-    a("--from_label", action="store_true", help="oracle: positives from ground-truth labels")
-    a("--sample_alter", action="store_true", help="alternate label and descriptor supervision")
-    a("--finetune_label_step", type=int, default=2)
-    a("--from_unmasked", action="store_true", default=False)
-    a("--from_unmasked_only", action="store_true", default=False)
-    a("--sample_fixed", action="store_true", help="image 0, evenly spaced pixels")
-    a("--fix_density", action="store_true", help="freeze alpha_linear of both networks")
-    # label propagation
-    a("--propagate_3d", action="store_true")
-    a("--propagate_2d", action="store_true")
-    a("--normalize_2d", action="store_true")
-    a("--no_abs", action="store_true")
-    a("--random_channel", action="store_true")
-    a("--train_agg", action="store_true")
-    a("--mean_response", action="store_true")
-    a("--mean_gradient", action="store_true")
-    a("--gradient_kmeans", action="store_true")
-    a("--merge_instance", action="store_true")
-    a("--adaptive_selection", action="store_true")
-    a("--num_comb", type=int, default=20)
-    a("--visualize_gradients", action="store_true")
-    a("--num_iters", type=int, default=5)
-    a("--n_clusters", type=int, default=10)
-    a("--perturb_t", type=float, default=0.1)
-    a("--perturb_r", type=int, default=255)
-    a("--perturb_g", type=int, default=255)
-    a("--perturb_b", type=int, default=255)
-    a("--t_iter", action="store_true")
-    # sparse views
-    a("--sparse_views", action="store_true", help="labels on a sparse subset of training frames")
-    a("--sparse_ratio", type=float, default=0, help="fraction of training frames whose labels are dropped")
-    a("--label_map_ids", nargs="*", type=int, default=[], help="global ids of the labelled frames")
-    a("--random_sample", action="store_true", help="random instead of evenly spaced labelled frames")
-    # sparse pixels
-    a("--label_propagation", action="store_true", help="replace label maps by simulated clicks/regions")
-    a("--partial_perc", type=float, default=0, help="0: one click per class; p: p-percent sub-regions")
-    a("--user_click", action="store_true", help="num_click random pixels per class")
-    a("--num_click", type=int, default=3)
-    # misc
-    a("--visualise_save", action="store_true", help="save the generated seeds (to --seed_dir)")
-    a("--load_saved", action="store_true", help="load seeds saved by an earlier --visualise_save run")
-    a("--gpu", type=str, default="", help="CUDA device id; ignored without CUDA")
-    a("--perturb_gradient", action="store_true", help="scene editing along a pixel's gradient")
-    # new in this implementation (see README)
-    a("--seed", type=int, default=None, help="seed every random draw (default: unseeded, as the original)")
-    a("--seed_dir", type=str, default=None, help="folder of saved seeds (default: <save_dir>/seeds)")
-    a("--N_iters", type=_int_like, default=None, help="training steps (default: the YAML's train.N_iters)")
-    a("--noisy_propagation", action="store_true",
+
+    g = p.add_argument_group("model and rendering").add_argument
+    g("--N_samples", type=int, default=64, help="coarse samples per ray")
+    g("--N_importance", type=int, default=128, help="fine samples per ray")
+    g("--test_viz_factor", type=int, default=1, help="down-scaling of test/visualisation renders")
+
+    g = p.add_argument_group("training").add_argument
+    g("--N_iters", type=_int_like, default=None, help="training steps (unset: the YAML's train.N_iters)")
+    g("--N_rays", type=int, default=1024, help="rays per training step (--perturb_gradient: edits)")
+    g("--lrate", type=float, default=5e-4, help="initial learning rate")
+    g("--lrate_decay", type=_int_like, default=250e3, help="steps for a 10x learning-rate decay")
+    g("--wgt_img", type=float, default=1, help="weight of the photometric loss")
+    g("--no_batching", action="store_true", default=False,
+      help="take each batch from one random training image instead of all pixels of all images")
+    g("--fix_density", action="store_true", help="freeze alpha_linear of both networks")
+    g("--sample_fixed", action="store_true",
+      help="rays (or --perturb_gradient pixels) from image 0, evenly spaced")
+
+    g = p.add_argument_group("Jacobi shaping (docs/SHAPING.md)").add_argument
+    g("--contrastive_2d", action="store_true", help="shape Jacobians of rendered pixel colours")
+    g("--contrastive_3d", action="store_true", help="shape Jacobians of back-projected 3D points")
+    g("--from_label", action="store_true", help="oracle: positives from ground-truth labels")
+    for flag, text in subsets:
+        g(f"--{flag}", action="store_true", help=f"shaped parameters: {text}")
+    g("--contrastive_abs", action="store_true", help="absolute cosine in the contrastive loss")
+    g("--wgt_contrastive", type=float, default=0.1, help="weight of the contrastive term")
+    g("--wgt_gradient", type=float, default=0.1, help="weight of the Jacobian-norm term")
+    g("--contrastive_step", type=int, default=5000, help="shaping term on steps divisible by this")
+    g("--contrastive_starting_step", type=int, default=10000, help="shaping term from this step on")
+    g("--gt_feature_sim", action="store_true", help="positives from descriptor cosine similarity (the paper's)")
+    g("--sample_semantic", action="store_true", help="positives from equal ground-truth labels")
+    g("--sample_alter", action="store_true", help="alternate label and descriptor supervision")
+    g("--finetune_label_step", type=int, default=2, help="with --sample_alter: label steps are its multiples")
+    g("--nce_dot_product", action="store_true", help="raw dot product instead of cosine (adds the norm term)")
+    g("--gradient_norm_loss", action="store_true", help="add the Jacobian-norm term mean (|J|-1)^2")
+    g("--pos_order", action="store_true", help="single positive: the most similar ray")
+    g("--pos_threshold", type=float, default=0.8, help="similarity threshold for positives")
+    g("--neg_threshold", type=float, default=0.8, help="accepted for compatibility; unused, as in the original")
+    g("--adaptive_threshold", action="store_true", help="adapt the threshold to keep the positive ratio in range")
+    g("--pos_ratio_upper", type=float, default=0.15, help="adaptive: upper positive ratio")
+    g("--pos_threshold_upper", type=float, default=0.9, help="adaptive: highest threshold")
+    g("--pos_ratio_lower", type=float, default=0.05, help="adaptive: lower positive ratio")
+    g("--pos_threshold_lower", type=float, default=0.5, help="adaptive: lowest threshold")
+    g("--concat_color", action="store_true", help="append colour to the supervision feature")
+    g("--spatial", action="store_true",
+      help="shaping: append the 3D point to the descriptor; 2D propagation: weight responses by distance")
+    g("--spatial_embedding", action="store_true", help="shaping: append the encoded 3D point to the descriptor")
+    g("--render_nocs", action="store_true", help="extra positive condition on rendered NOCS similarity")
+    g("--nocs_pos_threshold", type=float, default=0.9, help="threshold of the NOCS condition")
+    g("--from_unmasked", action="store_true", default=False,
+      help="with label supervision: rays only from frames that keep labels")
+    g("--from_unmasked_only", action="store_true", default=False, help="rays only from frames that keep labels")
+    g("--random_channel", action="store_true",
+      help="Jacobian of one random colour channel instead of the channel mean (shaping and propagation)")
+
+    g = p.add_argument_group("seeds: the given labels (docs/PROPAGATION.md)").add_argument
+    g("--seed_dir", type=str, default=None, help="folder of saved seeds (unset: <save_dir>/seeds)")
+    g("--visualise_save", action="store_true", help="save the generated seeds (to --seed_dir)")
+    g("--load_saved", action="store_true", help="load seeds saved by an earlier --visualise_save run")
+    g("--sparse_views", action="store_true", help="labels on a sparse subset of training frames")
+    g("--sparse_ratio", type=float, default=0, help="fraction of training frames whose labels are dropped")
+    g("--label_map_ids", nargs="*", type=int, default=[],
+      help="global ids of the labelled frames (with --sparse_views, without click flags)")
+    g("--random_sample", action="store_true", help="random instead of evenly spaced labelled frames")
+    g("--label_propagation", action="store_true", help="replace label maps by simulated clicks/regions")
+    g("--partial_perc", type=float, default=0, help="0: one click per class; p: p-percent sub-regions")
+    g("--user_click", action="store_true", help="--num_click random pixels per class")
+    g("--num_click", type=int, default=3, help="clicks per class with --user_click")
+    g("--test_instance", action="store_true", help="propagate instance ids instead of semantic classes")
+
+    g = p.add_argument_group("label propagation (docs/PROPAGATION.md)").add_argument
+    g("--propagate_2d", action="store_true", help="propagate the seeds to every test view (rendered responses)")
+    g("--propagate_3d", action="store_true", help="propagate the seeds to the 3D sample points")
+    for flag, text in rules:
+        g(f"--{flag}", action="store_true", help=f"direction rule: {text}")
+    g("--num_comb", type=int, default=20, help="adaptive selection: pixel draws per label per round")
+    g("--num_iters", type=int, default=5, help="adaptive selection: rounds")
+    g("--n_clusters", type=int, default=10, help="--gradient_kmeans: clusters per label")
+    g("--train_agg", action="store_true", help="train the response aggregator (needs --adaptive_selection)")
+    g("--agg_steps", type=_int_like, default=None, help="aggregator training steps (unset: 200000, the original's)")
+    g("--merge_instance", action="store_true", help="one response channel per direction instead of per label")
+    g("--normalize_2d", action="store_true", help="3D: divide each label's rendered response by its maximum")
+    g("--no_abs", action="store_true", help="signed responses instead of absolute ones")
+    g("--visualize_gradients", action="store_true", help="--gradient_kmeans: write the kept pixels")
+    g("--noisy_propagation", action="store_true",
       help="render propagation in training mode (noise, jitter) like the original; default deterministic")
-    a("--agg_steps", type=_int_like, default=None, help="aggregator training steps (default 200000)")
-    a("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16"],
-      help="on CUDA: fp32 (default); tf32 matmuls; fp16 = tf32 for training plus a float16 engine for "
-           "renders and propagation (see docs/PERFORMANCE.md). CPU: always fp32")
-    a("--sample_step", type=int, default=None, help="ScanNet frame step (default: experiment.sample_step)")
-    a("--demo", action="store_true", help="run the whole pipeline on the built-in synthetic scene")
+    g("--perturb_t", type=float, default=0.1, help="step along a direction (propagation and editing)")
+
+    g = p.add_argument_group("scene editing along a pixel's gradient").add_argument
+    g("--perturb_gradient", action="store_true", help="edit the scene along --N_rays pixels' gradients")
+    g("--perturb_r", type=int, default=255, help="red scale of the edit (0..255)")
+    g("--perturb_g", type=int, default=255, help="green scale of the edit (0..255)")
+    g("--perturb_b", type=int, default=255, help="blue scale of the edit (0..255)")
+    g("--t_iter", action="store_true", help="sweep t = 0.00 .. 0.99 with r = g = b = 255")
     return p
 
 
@@ -234,6 +273,8 @@ def merge_flags(config, args):
     """Merge parsed flags into the config the way the original does (returns a new dict)."""
     config = copy.deepcopy(config)
     flags = vars(args) if not isinstance(args, dict) else dict(args)
+    rank = {k: i for i, k in enumerate(FLAG_ORDER)}
+    flags = dict(sorted(flags.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     # The original applies --gpu (else the YAML's gpu) before the merge overwrites the key with
     # the flag's default "", so the resolved value is kept here.
     gpu = flags.get("gpu") or config["experiment"].get("gpu", "")
@@ -246,48 +287,9 @@ def merge_flags(config, args):
     return config
 
 
-class Settings:
-    """Attribute view of the merged config: `s.exp.rgb_layer`, `s.model.netwidth`, ..."""
-
-    def __init__(self, config):
-        self.raw = config
-        for section, values in config.items():
-            setattr(self, {"experiment": "exp"}.get(section, section), Section(values))
-
-
-class Section(dict):
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError as exc:
-            raise AttributeError(key) from exc
-
-    def get_num(self, key, default=None):
-        """Numeric value of a key, parsing arithmetic strings; `default` if absent."""
-        value = self.get(key, default)
-        if value is None:
-            return None
-        try:
-            return parse_number(value)
-        except ValueError as exc:
-            raise InputError(f"config key '{key}': expected a number, got {value!r}") from exc
-
-
-def parse_settings(argv=None):
-    """Parse argv, read the YAML and merge: the full config path of `main.py`."""
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        return args, None
-    config = load_yaml_config(args.config_file)
-    return args, Settings(merge_flags(config, args))
-
-
-def save_resolved_config(settings, save_dir):
-    """Write the resolved config as `exp_config.yaml` (as the original does)."""
+def save_resolved_config(config, save_dir):
+    """Write the resolved config dict as `exp_config.yaml` (as the original does)."""
     os.makedirs(save_dir, exist_ok=True)
     path = os.path.join(save_dir, "exp_config.yaml")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(settings.raw, f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
     return path

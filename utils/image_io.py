@@ -2,7 +2,7 @@
 
 PNGs go through OpenCV's encoder (uint8 and uint16, 1/3/4 channels) with an explicit RGB->BGR
 swap, so colour PNGs have the right channel order (the original wrote RGB arrays with cv2,
-swapping red and blue, spec 8.3 item 27).
+swapping red and blue).
 """
 import os
 import sys
@@ -10,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 
+from utils.atomic import atomic_path, write_bytes_atomic
 from utils.errors import InputError
 
 _video_warned = False
@@ -47,13 +48,6 @@ def _png_ready(array):
     raise ValueError(f"cannot write a {a.dtype} array as PNG")
 
 
-def _write_bytes_atomic(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_png(path, array):
     """Write [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA) to `path` atomically."""
     a = _png_ready(array)
@@ -71,7 +65,7 @@ def write_png(path, array):
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)
-    _write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def read_label_png(path):
@@ -99,7 +93,6 @@ def write_video(path, frames, fps=30):
     frames = list(frames)
     if not frames:
         return False
-    tmp = f"{path}.tmp{os.getpid()}.mp4"
     try:
         import imageio.v2 as imageio
         prepared = []
@@ -110,12 +103,10 @@ def write_video(path, frames, fps=30):
             if f.ndim == 2:
                 f = np.repeat(f[..., None], 3, axis=2)
             prepared.append(f)
-        imageio.mimwrite(tmp, prepared, fps=fps, quality=8)
-        os.replace(tmp, path)
+        with atomic_path(path, ".mp4") as tmp:
+            imageio.mimwrite(tmp, prepared, fps=fps, quality=8)
         return True
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        if os.path.exists(tmp):
-            os.remove(tmp)
         if not _video_warned:
             print(f"warning: videos are skipped ({os.path.basename(path)}: {type(exc).__name__}: {exc}); "
                   "install imageio-ffmpeg to get them", file=sys.stderr)

@@ -1,26 +1,24 @@
-"""Segmentation metrics (spec 6.1) and their JSON / Markdown outputs.
+"""Segmentation metrics from a confusion matrix, and their JSON / Markdown outputs.
 
 The original builds one sklearn confusion matrix over all test pixels of all test views
-(`calculate_segmentation_metrics`). Here the matrix is a single `np.bincount` (180 views of
-320x240 is 13.8 M pixels), and `ConfusionAccumulator` adds views one at a time so evaluation
-never stacks all predictions. Every number is computed from the confusion matrix alone, so the
+(`calculate_segmentation_metrics`). Here `confusion_counts` is the one implementation of the
+counting: a scatter-add of 0/1 weights in torch, so it runs on the device where the labels are,
+never synchronises with the host, and counts several matrices at once. `confusion_matrix` (numpy
+in, numpy out) and `ConfusionAccumulator` (adds views one at a time, e.g. on the GPU during
+propagation) are built on it. Every number is computed from the confusion matrix alone, so the
 one-shot call and the accumulator agree exactly.
 
 Label space: evaluation labels (void = -1, valid classes 0..C'-1), rows = true, cols = pred.
 """
-import json
 import os
 
 import numpy as np
+import torch
+
+from utils.atomic import write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("miou", "miou_validclass", "total_accuracy", "class_average_accuracy",
                "class_average_accuracy_validclass")
-
-
-def _as_numpy(x):
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _nanmean(x):
@@ -30,42 +28,61 @@ def _nanmean(x):
     return float(x.mean()) if x.size else float("nan")
 
 
-def confusion_matrix(true, pred, num_classes, ignore_labels=(-1,)):
-    """[C, C] int64 counts, rows = true. Pixels whose true label is ignored are dropped, and so are
-    pixels whose true or predicted label lies outside 0..C-1 (sklearn's `labels=` behaviour)."""
+def confusion_counts(true, pred, num_classes, true_ok=None):
+    """[G, C, C] int64 confusion matrices (rows = true) of G pairs of label maps.
+
+    true, pred: integer tensors [G, N] (or shapes that broadcast to it), on any device.
+    A pixel counts in M[g, t, p] when 0 <= t < C and 0 <= p < C (sklearn's `labels=`) and, if
+    `true_ok` [C] bool is given, true_ok[t]. Counting is a scatter-add of 0/1 weights: no
+    boolean indexing, hence no host synchronisation on CUDA.
+    """
     c = int(num_classes)
-    true = _as_numpy(true).reshape(-1)
-    pred = _as_numpy(pred).reshape(-1)
-    if true.shape != pred.shape:
-        raise ValueError(f"true and pred differ in size: {true.size} vs {pred.size} pixels")
-    # Ignoring a label outside 0..C-1 changes nothing (those pixels are dropped anyway), so the
-    # ignore list becomes a boolean lookup over the in-range labels: no np.isin over 13.8 M pixels.
-    ignored = np.zeros(c, dtype=bool)
+    t, p = torch.broadcast_tensors(torch.as_tensor(true).long(), torch.as_tensor(pred).long())
+    t, p = t.reshape(-1, t.shape[-1]), p.reshape(-1, p.shape[-1])
+    keep = (t >= 0) & (t < c) & (p >= 0) & (p < c)
+    t, p = t.clamp(0, c - 1), p.clamp(0, c - 1)
+    if true_ok is not None:
+        keep &= true_ok.to(t.device)[t]
+    g = t.shape[0]
+    index = (torch.arange(g, device=t.device)[:, None] * c + t) * c + p
+    counts = torch.zeros(g * c * c, dtype=torch.int64, device=t.device)
+    counts.scatter_add_(0, index.reshape(-1), keep.reshape(-1).to(torch.int64))
+    return counts.reshape(g, c, c)
+
+
+def _true_ok(num_classes, ignore_labels):
+    """[C] bool: False at the ignored labels that lie in 0..C-1 (the others are dropped anyway)."""
+    ok = torch.ones(int(num_classes), dtype=torch.bool)
     for label in ignore_labels or ():
-        if 0 <= int(label) < c:
-            ignored[int(label)] = True
-    counts = np.zeros(c * c, dtype=np.int64)
-    step = 1 << 20          # blocks of 1 M pixels: int64 temporaries stay small and in cache
-    for s in range(0, true.size, step):
-        t = true[s:s + step].astype(np.int64)
-        p = pred[s:s + step].astype(np.int64)
-        keep = (t >= 0) & (t < c) & (p >= 0) & (p < c)
-        t, p = t[keep], p[keep]
-        if ignored.any():
-            k = ~ignored[t]
-            t, p = t[k], p[k]
-        counts += np.bincount(t * c + p, minlength=c * c)
-    return counts.reshape(c, c)
+        if 0 <= int(label) < int(num_classes):
+            ok[int(label)] = False
+    return ok
+
+
+def _as_tensor(x):
+    """A torch view of label maps given as a tensor, a numpy array or a list."""
+    return x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def class_ious(conf):
+    """IoU_c = M_cc / (row_c + col_c - M_cc) of float confusion matrices [..., C, C] (numpy or
+    torch, rows = true); NaN where class c is neither true nor predicted, 0 if only predicted."""
+    diag = conf.diagonal(0, -2, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return diag / (conf.sum(-1) + conf.sum(-2) - diag)
 
 
 def metrics_from_confusion(conf, class_mask=None):
-    """All the outputs of spec 6.1 from a confusion matrix (rows = true)."""
+    """Every metric of the original's evaluation from a confusion matrix [C, C] (rows = true):
+    mIoU = nan-mean of the class IoUs; mIoU over the valid classes = mean IoU of the classes
+    with GT pixels (and class_mask True); total accuracy = trace / sum; class-average accuracy =
+    nan-mean of the recalls M_cc / row_c (and over the valid classes)."""
     conf = np.asarray(conf, dtype=np.int64)
     c = conf.shape[0]
-    rows, cols, diag = conf.sum(1), conf.sum(0), np.diagonal(conf).astype(np.float64)
+    rows, diag = conf.sum(1), np.diagonal(conf).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         recall = diag / rows                      # diagonal of the row-normalised matrix; NaN: empty row
-        ious = diag / (rows + cols - diag)        # NaN only if absent from GT and prediction; 0 if only predicted
+    ious = class_ious(conf.astype(np.float64))    # NaN only if absent from GT and prediction; 0 if only predicted
     missing = rows == 0
     existing = ~missing if class_mask is None else (np.asarray(class_mask, dtype=bool).reshape(c) & ~missing)
     total = conf.sum()
@@ -82,27 +99,53 @@ def metrics_from_confusion(conf, class_mask=None):
     )
 
 
+class ConfusionAccumulator:
+    """The confusion matrix of (true, pred) label maps added one view at a time, kept on
+    `device` (adding never waits for the device); `metrics()` equals one call on everything.
+
+    Pixels whose true label is in `ignore_labels`, or whose true or predicted label lies outside
+    0..C-1, are dropped; `class_mask` [C] bool restricts the valid-class means."""
+
+    def __init__(self, num_classes, ignore_labels=(-1,), class_mask=None, device=None):
+        self.num_classes = int(num_classes)
+        self.class_mask = None if class_mask is None else np.asarray(class_mask, dtype=bool)
+        self.true_ok = _true_ok(self.num_classes, ignore_labels).to(device)
+        self.counts = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+
+    def add(self, true, pred):
+        true, pred = _as_tensor(true).reshape(-1), _as_tensor(pred).reshape(-1)
+        if true.shape != pred.shape:
+            raise ValueError(f"true and pred differ in size: {true.numel()} vs {pred.numel()} pixels")
+        dev = self.counts.device
+        self.counts += confusion_counts(true[None].to(dev), pred[None].to(dev), self.num_classes, self.true_ok)[0]
+        return self
+
+    @property
+    def confusion(self):
+        """[C, C] int64 numpy counts, rows = true."""
+        return self.counts.cpu().numpy()
+
+    def metrics(self):
+        return metrics_from_confusion(self.confusion, self.class_mask)
+
+
+def confusion_matrix(true, pred, num_classes, ignore_labels=(-1,), block=1 << 20):
+    """[C, C] int64 numpy counts (rows = true) of label maps of any shape (numpy or torch), added
+    in blocks of `block` pixels so the temporaries stay small. Dropped pixels: as
+    ConfusionAccumulator."""
+    true, pred = _as_tensor(true).reshape(-1), _as_tensor(pred).reshape(-1)
+    if true.shape != pred.shape:
+        raise ValueError(f"true and pred differ in size: {true.numel()} vs {pred.numel()} pixels")
+    acc = ConfusionAccumulator(num_classes, ignore_labels, device=true.device)
+    for s in range(0, true.numel(), block):
+        acc.add(true[s:s + block], pred[s:s + block])
+    return acc.confusion
+
+
 def segmentation_metrics(true, pred, num_classes, ignore_labels=(-1,), class_mask=None):
     """The original's `calculate_segmentation_metrics`, as a dict (keys in METRIC_KEYS, plus
     `ious` [C'] with NaN where undefined, `confusion_matrix` [C', C'] and `num_pixels`)."""
     return metrics_from_confusion(confusion_matrix(true, pred, num_classes, ignore_labels), class_mask)
-
-
-class ConfusionAccumulator:
-    """Adds (true, pred) views one at a time; `metrics()` equals one call on everything."""
-
-    def __init__(self, num_classes, ignore_labels=(-1,), class_mask=None):
-        self.num_classes = int(num_classes)
-        self.ignore_labels = tuple(ignore_labels or ())
-        self.class_mask = class_mask
-        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-
-    def add(self, true, pred):
-        self.confusion += confusion_matrix(true, pred, self.num_classes, self.ignore_labels)
-        return self
-
-    def metrics(self):
-        return metrics_from_confusion(self.confusion, self.class_mask)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -151,26 +194,18 @@ def metrics_table_markdown(rows, class_names=None):
     return "\n".join(out) + "\n"
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_metrics(save_dir, metrics, name="metrics", class_names=None):
     """Write `<name>.json` (NaN as null) and `<name>.md` into `save_dir`, each atomically.
 
     `metrics` is one metrics dict (it has 'miou') or a dict whose values include metrics dicts
     (e.g. {'shaped': {...}, 'plain': {...}, 'mode': ...}): every such entry is a table row."""
     os.makedirs(save_dir, exist_ok=True)
-    _write_atomic(os.path.join(save_dir, f"{name}.json"),
-                  json.dumps(to_jsonable(metrics), indent=1, allow_nan=False) + "\n")
+    write_json_atomic(os.path.join(save_dir, f"{name}.json"), to_jsonable(metrics))
     if "miou" in metrics:
         rows = {name: metrics}
     else:
         rows = {k: v for k, v in metrics.items() if isinstance(v, dict) and "miou" in v}
     if class_names is None:
         class_names = metrics.get("class_names")
-    _write_atomic(os.path.join(save_dir, f"{name}.md"), f"# {name}\n\n" + metrics_table_markdown(rows, class_names))
+    write_text_atomic(os.path.join(save_dir, f"{name}.md"), f"# {name}\n\n" + metrics_table_markdown(rows, class_names))
     return rows

@@ -1,4 +1,4 @@
-"""Checkpoints in the original's format (spec 3.8), written atomically.
+"""Checkpoints in the original's format, written atomically.
 
 A checkpoint is `torch.save` of a dict with the original's keys
     global_step, network_coarse_state_dict, network_fine_state_dict, optimizer_state_dict
@@ -12,6 +12,7 @@ import re
 
 import torch
 
+from utils.atomic import atomic_path
 from utils.errors import InputError
 
 REQUIRED_KEYS = ("global_step", "network_coarse_state_dict", "network_fine_state_dict")
@@ -33,14 +34,8 @@ def save_checkpoint(path, step, renderer, optimizer=None, extra=None):
     }
     if extra:
         data[EXTRA_KEY] = extra
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

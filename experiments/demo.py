@@ -1,4 +1,5 @@
-"""`python main.py --demo`: the whole pipeline on the built-in synthetic room, CPU-sized.
+"""`python -m experiments.demo` (or `python main.py --demo`): the whole pipeline on the built-in
+synthetic room, CPU-sized.
 
 1. generate the synthetic room (skipped if it exists),
 2. train a plain NeRF,
@@ -9,16 +10,25 @@
 
 Every stage is an ordinary `main.py` command; the demo prints each one so it can be rerun by
 hand. Sizes are chosen to finish in about 7 minutes on a 2-core CPU; `--N_iters N` sets the
-steps of both the plain NeRF and the shaping.
+steps of both the plain NeRF and the shaping. It runs from any working directory (the config is
+found beside this package) and regenerates a scene that an interrupted run left half-written.
 """
+import argparse
 import json
 import os
 import shlex
+import sys
 import time
 
-from utils.errors import InputError
+import yaml
 
-CONFIG = "configs/synthetic_room.yaml"
+import main as jnerf_main
+from datasets.synthetic import generate_scene, scene_complete
+from propagation.compare import compare_runs
+from utils.errors import InputError, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "synthetic_room.yaml")
 # CPU sizes. Both stages run 1200 steps at lr 2e-3 (the configs' 5e-4 is tuned for 200k-step plain
 # runs and 10k-step shaping): on the demo scene this took the plain NeRF from 21.2 to 24.2 dB and
 # the shaped propagation from 8.8 to 37.2 % 2D mIoU (plain: 24.8 %), see docs/PERFORMANCE.md.
@@ -27,10 +37,11 @@ DEMO = dict(plain_iters=1200, shape_iters=1200, n_rays=512, n_samples=32, n_impo
 
 
 def _stage(title, argv):
-    import main as jnerf_main
     print(f"\n=== {title}\n$ python main.py {' '.join(shlex.quote(a) for a in argv)}", flush=True)
     t0 = time.time()
     rc = jnerf_main.main(argv)
+    if rc == 130:
+        raise KeyboardInterrupt
     if rc != 0:
         raise InputError(f"demo stage '{title}' failed (exit code {rc}); see the message above")
     return time.time() - t0
@@ -43,7 +54,6 @@ def _metrics(save_dir):
 
 def _demo_config(root, data):
     """The synthetic-room config with dataset_dir pointing at the generated scene."""
-    import yaml
     with open(CONFIG) as f:
         cfg = yaml.safe_load(f)
     cfg["experiment"]["dataset_dir"] = data
@@ -53,26 +63,27 @@ def _demo_config(root, data):
     return path
 
 
-def run_demo(args):
-    from datasets.synthetic import generate_scene
-    from propagation.compare import compare_runs
-
-    root = args.save_dir or "runs/demo"
+def run_demo(save_dir="runs/demo", n_iters=None, seed=None):
+    """Run every stage; returns the four propagation runs' metrics."""
+    root = save_dir or "runs/demo"
     cfg = dict(DEMO)
-    if args.N_iters:
-        cfg["plain_iters"] = cfg["shape_iters"] = args.N_iters
+    if n_iters is not None:
+        if n_iters < 1:
+            raise InputError(f"--N_iters {n_iters}: expected at least 1 step")
+        cfg["plain_iters"] = cfg["shape_iters"] = n_iters
     data = os.path.join(root, "data")
     os.makedirs(root, exist_ok=True)
     timings = {}
     t0 = time.time()
-    if not os.path.isfile(os.path.join(data, "traj_w_c.txt")):
+    if not scene_complete(data):
         print(f"=== generating the synthetic room in {data}", flush=True)
         generate_scene(data, frames=cfg["frames"], width=cfg["width"], height=cfg["height"], seed=0)
     timings["scene"] = time.time() - t0
 
     config = _demo_config(root, data)
-    common = ["--config_file", config, "--seed", str(args.seed if args.seed is not None else 0),
-              "--N_samples", str(cfg["n_samples"]), "--N_importance", str(cfg["n_importance"])]
+    common = ["--config_file", config, "--seed", str(seed if seed is not None else 0),
+              "--N_samples", str(cfg["n_samples"]), "--N_importance", str(cfg["n_importance"]),
+              "--overwrite"]     # a rerun of the demo replaces its earlier runs
     plain, shaped = os.path.join(root, "plain"), os.path.join(root, "jnerf")
     timings["plain NeRF"] = _stage("plain NeRF", common + [
         "--save_dir", plain, "--N_rays", str(cfg["n_rays"]), "--N_iters", str(cfg["plain_iters"]),
@@ -109,3 +120,18 @@ def run_demo(args):
         f.write("\n".join(lines))
     print("\n" + "\n".join(lines))
     return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--save_dir", default="runs/demo", help="output folder (the scene goes to <save_dir>/data)")
+    p.add_argument("--N_iters", type=int, default=None, help="steps of the plain NeRF and of the shaping "
+                   f"(unset: {DEMO['plain_iters']})")
+    p.add_argument("--seed", type=int, default=None, help="seed of every stage (unset: 0)")
+    args = p.parse_args(argv)
+    return run_cli(run_demo, args.save_dir, args.N_iters, args.seed)
+
+
+if __name__ == "__main__":
+    jnerf_main.configure_threads()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The given labels ("seeds") of label propagation: the label sparsification chain of spec 2.7.
+"""The given labels ("seeds") of label propagation and label-supervised shaping: the original's
+label sparsification chain (sparse views, simulated clicks and regions).
 
 Label maps here are [N, H, W] integer maps of the N training frames with 0 = void/unlabelled
 (the loader's `semantic` or `instance`); evaluation labels are these minus 1.
@@ -48,7 +49,9 @@ def _even_indices(total, count):
 
 
 def sample_label_maps(num_train, sparse_ratio, random_sample, rng):
-    """bool mask_ids: K = int(N * sparse_ratio) frames lose their labels (spec 2.7)."""
+    """bool mask_ids [N]: K = int(N * sparse_ratio) frames lose their labels. With (q, r) =
+    divmod(N, n): n = K evenly spaced frames q*i + min(i, r) are dropped when the ratio is at most
+    0.5, else n = N - K such frames are kept; random_sample drops K frames drawn by `rng`."""
     num_train = int(num_train)
     ratio = float(sparse_ratio)
     if not 0.0 <= ratio <= 1.0:
@@ -112,10 +115,10 @@ def _frames(labels, mask_ids):
 
 
 def _grow_region(class_mask, seed, target, rng):
-    """Spec 2.7, perc > 0. The seed mask is dilated by a 5x5 box again and again (the dilated
-    mask itself, not its intersection with the class, exactly as the original), and the region
-    is its intersection with the class; when a dilation adds no class pixel, a new random seed
-    is placed in the uncovered part of the class.
+    """The region of a class (perc > 0), grown until it covers `target` pixels: the seed mask is
+    dilated by a 5x5 box again and again (the dilated mask itself, not its intersection with the
+    class, exactly as the original), and the region is its intersection with the class; when a
+    dilation adds no class pixel, a new random seed is placed in the uncovered part of the class.
 
     Works on the class's bounding box: iterated box dilations of seeds inside a rectangle,
     cropped to it, equal the crop of the full-image result, and only the crop meets the class."""
@@ -213,9 +216,11 @@ def check_seeds(seeds, scene_classes=None):
 # ----------------------------------------------------------------------------- save / load
 
 def _flags(opts):
-    keys = ("sparse_views", "sparse_ratio", "label_map_ids", "random_sample", "label_propagation",
-            "partial_perc", "user_click", "num_click", "test_instance")
-    return {k: getattr(opts, k, None) for k in keys}
+    """The flags that made the seeds (recorded in seeds.json under the original's names)."""
+    return dict(sparse_views=opts.sparse_views, sparse_ratio=opts.sparse_ratio,
+                label_map_ids=list(opts.label_map_ids), random_sample=opts.random_sample,
+                label_propagation=opts.label_propagation, partial_perc=opts.partial_perc,
+                user_click=opts.user_click, num_click=opts.num_click, test_instance=opts.instance)
 
 
 def save_seeds(seeds, seed_dir, colour_map=None):
@@ -293,49 +298,50 @@ def load_seeds(folder, mask_ids, shape):
 def _frame_mask(opts, n, rng, folder):
     """mask_ids for the click branches: sample_label_maps when --sparse_views, else all frames.
     A random sample cannot be recomputed, so --load_saved reads it back (as the original)."""
-    if not getattr(opts, "sparse_views", False):
+    if not opts.sparse_views:
         return np.ones(n, dtype=bool)
-    if getattr(opts, "load_saved", False) and getattr(opts, "random_sample", False):
+    if opts.load_saved and opts.random_sample:
         return read_saved_mask(folder, n)
-    return sample_label_maps(n, opts.sparse_ratio, getattr(opts, "random_sample", False), rng)
+    return sample_label_maps(n, opts.sparse_ratio, opts.random_sample, rng)
 
 
 def seed_folder_name(opts):
-    if getattr(opts, "label_propagation", False):
+    if opts.label_propagation:
         name = f"partial_perc_{float(opts.partial_perc) / 100.0}"     # the original's p = perc/100
-    elif getattr(opts, "user_click", False):
+    elif opts.user_click:
         name = f"user_click_{int(opts.num_click)}"
-    elif getattr(opts, "sparse_views", False):
-        ids = list(getattr(opts, "label_map_ids", None) or [])
+    elif opts.sparse_views:
+        ids = list(opts.label_map_ids)
         if ids:
             name = "label_maps_" + "_".join("none" if x is None else str(x) for x in ids)
         else:
-            name = f"sparse_views_sr{float(opts.sparse_ratio)}" + ("_random" if getattr(opts, "random_sample", False) else "")
+            name = f"sparse_views_sr{float(opts.sparse_ratio)}" + ("_random" if opts.random_sample else "")
     else:
         name = "dense"
-    return ("instance_" if getattr(opts, "test_instance", False) else "") + name
+    return ("instance_" if opts.instance else "") + name
 
 
-def make_seeds(labels_train, opts, rng, seed_dir, train_ids=None, colour_map=None):
-    """The labels propagation starts from, following main.py's branch order (spec 2.7):
+def make_seeds(labels_train, opts, rng, train_ids=None, colour_map=None):
+    """The labels propagation starts from, in the original main.py's branch order:
     --label_propagation (partial clicks) > --user_click > --sparse_views (--label_map_ids or
     sample_label_maps, dense maps on the kept frames) > dense labels on every frame.
 
-    `labels_train` [N, H, W] (0 = void; instance maps with --test_instance); `opts` has the CLI
-    flags as attributes; `rng` a numpy Generator. With --visualise_save the seeds are written to
-    `seed_dir`; with --load_saved the click seeds are read back from there.
+    `labels_train` [N, H, W] (0 = void; instance maps with --test_instance); `opts` a
+    utils.options.SeedOptions; `rng` a numpy Generator. With --visualise_save the seeds are written
+    to `opts.seed_dir`; with --load_saved the click seeds are read back from there.
     """
     if rng is None:
         rng = np.random.default_rng()
+    seed_dir = opts.seed_dir
     if not seed_dir:
-        raise ValueError("make_seeds needs seed_dir (default <save_dir>/seeds)")
+        raise ValueError("make_seeds needs opts.seed_dir (default <save_dir>/seeds)")
     labels = np.asarray(labels_train.detach().cpu() if hasattr(labels_train, "detach") else labels_train)
     labels = labels.astype(np.int64, copy=False)
     n = len(labels)
     name = seed_folder_name(opts)
     folder = os.path.join(seed_dir, name)
-    load = bool(getattr(opts, "load_saved", False))
-    clicks = getattr(opts, "label_propagation", False) or getattr(opts, "user_click", False)
+    load = bool(opts.load_saved)
+    clicks = opts.label_propagation or opts.user_click
 
     if clicks:
         mask = _frame_mask(opts, n, rng, folder)
@@ -346,13 +352,13 @@ def make_seeds(labels_train, opts, rng, seed_dir, train_ids=None, colour_map=Non
             if wrong:
                 print(f"warning: {wrong} labelled pixels of the seeds in {folder} differ from this "
                       "dataset's labels (seeds made for another scene?)", file=sys.stderr)
-        elif getattr(opts, "label_propagation", False):
+        elif opts.label_propagation:
             out = simulate_user_click_partial(labels, opts.partial_perc, rng, mask)
         else:
             out = simulate_user_clicks(labels, opts.num_click, rng, mask)
     else:
-        if getattr(opts, "sparse_views", False):
-            ids = list(getattr(opts, "label_map_ids", None) or [])
+        if opts.sparse_views:
+            ids = list(opts.label_map_ids)
             if ids:
                 if train_ids is None:
                     raise ValueError("make_seeds needs train_ids with --label_map_ids")
@@ -363,7 +369,7 @@ def make_seeds(labels_train, opts, rng, seed_dir, train_ids=None, colour_map=Non
             mask = np.ones(n, dtype=bool)
         out = np.where(mask[:, None, None], labels, 0)
 
-    info = dict(folder_name=name, flags=_flags(opts), rng_seed=getattr(opts, "seed", None),
+    info = dict(folder_name=name, flags=_flags(opts), rng_seed=opts.rng_seed,
                 num_train=n, height=int(labels.shape[1]), width=int(labels.shape[2]),
                 labelled_frames=np.flatnonzero(mask).tolist(),
                 train_ids=None if train_ids is None else [int(t) for t in train_ids],
@@ -377,6 +383,6 @@ def make_seeds(labels_train, opts, rng, seed_dir, train_ids=None, colour_map=Non
                 info["saved_info"] = json.load(f)  # e.g. the rng seed the saved clicks were drawn with
         except (OSError, ValueError):
             info["saved_info"] = None              # descriptive only: the PNGs are what matter
-    if getattr(opts, "visualise_save", False) and not load:
+    if opts.visualise_save and not load:
         save_seeds(seeds, seed_dir, colour_map)
     return seeds

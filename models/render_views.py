@@ -1,11 +1,11 @@
-"""Render a set of views to disk: rgb / depth / disparity PNGs, videos, PSNR (spec 3.9, 7.2)."""
+"""Render a set of views to disk: rgb / depth / disparity PNGs, videos, PSNR against ground truth."""
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from models.rays import image_rays
 from utils.colormaps import depth_to_rgb
 from utils.image_io import to8b, write_png, write_video
 
@@ -20,26 +20,27 @@ def scaled_images(images, factor):
 
 
 def psnr(mse):
+    """-10 log10(mse) in dB, the MSE floored at 1e-12."""
     return float(-10.0 * np.log10(max(float(mse), 1e-12)))
 
 
 @torch.no_grad()
-def render_views(renderer, scene, split, out_dir=None, factor=1, train_mode=False, progress=True,
-                 convention="opencv"):
-    """Render every view of `split`; optionally write PNGs and videos into `out_dir`.
+def render_views(renderer, cameras, gt_rgb, out_dir=None, factor=1, train_mode=False, progress=True):
+    """Render every view of `cameras` at 1/factor resolution; optionally write PNGs and videos.
 
-    Returns dict(rgb [N,h,w,3], depth [N,h,w], disp, psnr (mean of per-view PSNR), mse (pooled)).
+    gt_rgb: [N, H, W, 3] full-resolution ground truth (down-scaled here like the original).
+    Returns dict(rgb [N,h,w,3], depth [N,h,w], disp, psnr (mean of per-view PSNR), mse (pooled),
+    psnr_per_view).
     """
-    from tqdm import tqdm
-    h, w = scene.height // factor, scene.width // factor
-    intr = scene.intrinsics.scaled(factor)
-    gt = scaled_images(split.rgb, factor)
+    cams = cameras.scaled(factor)
+    h, w = cams.height, cams.width
+    gt = scaled_images(gt_rgb, factor)
     rgbs, depths, disps = [], [], []
-    it = range(len(split))
+    it = range(len(cams))
     if progress:
-        it = tqdm(it, desc=f"render {len(split)} views", leave=False, dynamic_ncols=True)
+        it = tqdm(it, desc=f"render {len(cams)} views", leave=False, dynamic_ncols=True)
     for i in it:
-        rays = image_rays(split.poses[i].to(renderer.device), h, w, intr, scene.near, scene.far, convention)
+        rays = cams.image_rays(i, device=renderer.device)
         out = renderer.render_chunked(rays, train=train_mode, keys=("rgb", "depth", "disp"), out_device="cpu")
         rgbs.append(out["rgb"].reshape(h, w, 3).clamp(0, 1))
         depths.append(out["depth"].reshape(h, w))
@@ -49,11 +50,14 @@ def render_views(renderer, scene, split, out_dir=None, factor=1, train_mode=Fals
     result = dict(rgb=rgb, depth=depth, disp=disp, psnr=float(np.mean([psnr(m) for m in per_view])),
                   mse=float(per_view.mean()), psnr_per_view=[psnr(m) for m in per_view])
     if out_dir is not None:
-        write_renders(out_dir, rgb, depth, disp, scene.near, scene.far)
+        write_renders(out_dir, rgb, depth, disp, cams.near, cams.far)
     return result
 
 
 def write_renders(out_dir, rgb, depth, disp, near, far):
+    """Write rgb_<i>.png (8-bit), depth_<i>.png (16-bit millimetres), vis_depth_<i>.png (colour
+    map over [near, far]), disp_<i>.png (normalised by the largest disparity) and rgb.mp4 /
+    dep.mp4 for rgb [N, h, w, 3], depth and disp [N, h, w] (CPU tensors)."""
     os.makedirs(out_dir, exist_ok=True)
     vis_depths, rgb8 = [], []
     disp_max = float(disp.max()) or 1.0

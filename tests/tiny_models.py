@@ -1,23 +1,16 @@
-"""Shared helpers of the propagation tests (no tests here): a tiny renderer, a tiny scene folder
-with a checkpoint, and a single-threaded torch (2 shared CPU cores: oversubscribed BLAS threads
-make tiny matmuls a hundred times slower)."""
+"""Tiny models for the tests: a random coarse + fine renderer, a camera, a checkpoint of the
+network a config builds (no training)."""
 import os
 
-import pytest
 import torch
 
-from datasets.scene import Intrinsics
+import main as jnerf_main
+from models.cameras import Cameras, Intrinsics
+from models.checkpoints import save_checkpoint
 from models.encoding import PositionalEncoding
+from models.factory import build_renderer
 from models.nerf import NeRF
 from models.rendering import Renderer, RenderOptions
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_renderer(seed=0, width=16, n_samples=8, n_importance=8, dtype=torch.float64):
@@ -39,21 +32,19 @@ def tiny_renderer(seed=0, width=16, n_samples=8, n_importance=8, dtype=torch.flo
     return r.to(dtype).eval()
 
 
-def tiny_camera(height=6, width=8):
+def tiny_camera(height=6, width=8, near=0.5, far=4.0):
+    """Cameras of one float64 view of `height` x `width` pixels."""
     intr = Intrinsics(width / 2.0, width / 2.0, (width - 1) / 2.0, (height - 1) / 2.0)
     pose = torch.eye(4, dtype=torch.float64)
     pose[:3, 3] = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
-    return pose, intr
+    return Cameras(pose[None], intr, height, width, near, far)
 
 
 def write_tiny_checkpoint(config, path, seed=0, extra=()):
     """A checkpoint of the network the config builds, with random weights (no training)."""
-    from models.factory import build_renderer
-    from training.checkpoints import save_checkpoint
-    from utils.config import parse_settings
     torch.manual_seed(seed)
-    _, s = parse_settings(["--config_file", config, "--save_dir", os.path.dirname(path), *extra])
-    renderer = build_renderer(s, torch.device("cpu"))
+    _, opts = jnerf_main.parse_options(["--config_file", config, "--save_dir", os.path.dirname(path), *extra])
+    renderer = build_renderer(opts.model, torch.device("cpu"))
     with torch.no_grad():
         renderer.fine.alpha_linear.bias.fill_(0.5)
         renderer.coarse.alpha_linear.bias.fill_(0.5)

@@ -1,0 +1,124 @@
+"""Run folders: checked before any data is read, locked while a run is alive, never silently reused.
+
+- `check_output_dir`: the folder is creatable and writable and is not a file;
+- `RunLock`: `<save_dir>/.lock` holds the PID of the live run; a second run into the folder stops
+  with a message naming that PID (a lock whose process is gone is stale and taken over);
+- `prepare_run_dir`: a folder that already holds another run's results is refused unless the run
+  continues it (`--resume`) or clears it (`--overwrite`, which keeps the seed folder: seeds are
+  inputs a later run reads); a stale `metrics.json` is removed when a run starts (it is written
+  again only when the run finishes); temporary files of writes killed mid-way are removed.
+"""
+import os
+import shutil
+import socket
+
+from utils.atomic import clean_orphans, pid_alive
+from utils.errors import InputError
+
+LOCK_NAME = ".lock"
+METRICS_FILES = ("metrics.json", "metrics.md")
+RUN_MARKERS = METRICS_FILES + ("exp_config.yaml",)
+
+
+def check_output_dir(path, flag="--save_dir"):
+    """Create `path` if needed and prove it writable; InputError naming `flag` otherwise."""
+    if not path:
+        raise InputError(f"{flag} is empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{flag} {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(f"{flag} {path} is not writable ({exc.strerror or exc})") from None
+
+
+class RunLock:
+    """`with RunLock(save_dir):` marks the folder as used by this process."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.held = False
+
+    def owner(self):
+        """PID of the live process holding the lock, or None (no lock, or a stale one)."""
+        try:
+            with open(self.path) as f:
+                host, pid = f.read().split()[:2]
+            pid = int(pid)
+        except (OSError, ValueError):
+            return None
+        if host != socket.gethostname():
+            return pid                     # another machine's run: assume it is alive
+        return pid if pid_alive(pid) else None
+
+    def acquire(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = self.owner()
+                if pid is not None:
+                    where = os.path.dirname(self.path)
+                    raise InputError(f"--save_dir {where} is in use by a running job (PID {pid}); wait for "
+                                     f"it to finish or choose another --save_dir (remove {self.path} if that "
+                                     "process is not a JacobiNeRF run)") from None
+                os.remove(self.path)       # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return self
+        raise InputError(f"cannot take the lock {self.path}")
+
+    def release(self):
+        if self.held and os.path.isfile(self.path):
+            os.remove(self.path)
+        self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def previous_results(save_dir):
+    """Names (relative to save_dir) that show an earlier run wrote here."""
+    found = [n for n in RUN_MARKERS if os.path.isfile(os.path.join(save_dir, n))]
+    ckpts = os.path.join(save_dir, "checkpoints")
+    if os.path.isdir(ckpts):
+        found += [f"checkpoints/{n}" for n in sorted(os.listdir(ckpts)) if n.endswith(".ckpt")][:3]
+    return found
+
+
+def clear_run_dir(save_dir, keep=()):
+    """Remove everything in save_dir except the lock and the names in `keep`."""
+    for name in os.listdir(save_dir):
+        if name == LOCK_NAME or name in keep:
+            continue
+        path = os.path.join(save_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def prepare_run_dir(save_dir, resume=False, overwrite=False, keep=("seeds",)):
+    """Check a locked save_dir before a run: refuse another run's results unless resume/overwrite,
+    clear it with overwrite, remove stale metrics and orphan temporary files."""
+    clean_orphans(save_dir)
+    previous = previous_results(save_dir)
+    if previous and not (resume or overwrite):
+        shown = ", ".join(previous)
+        raise InputError(f"--save_dir {save_dir} already holds a run ({shown}); pass --resume to continue it, "
+                         "--overwrite to clear it, or choose another --save_dir")
+    if overwrite:
+        clear_run_dir(save_dir, keep)
+    for name in METRICS_FILES:
+        path = os.path.join(save_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
