@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from datasets import dino_io
 from datasets.frames import list_frames
@@ -126,7 +128,6 @@ def resized_size(width, height, load_size):
 
 
 def open_rgb(path):
-    from PIL import Image
     try:
         img = Image.open(path)
         img.load()
@@ -137,7 +138,6 @@ def open_rgb(path):
 
 def load_image(path, load_size):
     """[3, h, w] float32: Lanczos resize (PIL), then /255 and ImageNet normalisation."""
-    from PIL import Image
     img = open_rgb(path)
     size = resized_size(*img.size, load_size)
     if size != img.size:
@@ -150,7 +150,6 @@ def load_image(path, load_size):
 
 def image_size(path):
     """(width, height) from the header only."""
-    from PIL import Image
     try:
         with Image.open(path) as img:
             return img.size
@@ -211,7 +210,6 @@ def select_device(name):
 
 def extract(args):
     """Run the extraction for parsed `args`; returns {"frames": written, "seconds": wall time}."""
-    from tqdm import tqdm
     check_settings(args)
     frames = select_frames(args.dataset_dir, args.ids)
     out_dir = os.path.join(args.dataset_dir, args.out_folder)

@@ -3,6 +3,7 @@ import glob
 import os
 import re
 
+import imageio.v3 as iio
 import numpy as np
 
 from utils.errors import InputError
@@ -24,7 +25,6 @@ def list_frames(folder, prefix, ext=".png"):
 
 def read_png(path, kind):
     """Read a PNG as a numpy array, with one clear error for missing or unreadable files."""
-    import imageio.v3 as iio
     if not os.path.isfile(path):
         raise InputError(f"{path}: missing {kind} frame")
     try:

@@ -39,6 +39,7 @@ import torch
 from datasets.descriptors import FeatureOptions
 from datasets.frames import read_png
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
+from utils.colormaps import label_colormap
 from utils.errors import InputError
 
 PAD_ROWS = 2                      # rows of zeros added at the top and at the bottom
@@ -309,11 +310,7 @@ class ScanNetLoader:
 
 
 def nyu_colour_map(classes, palette_size=41):
-    """[C, 3] uint8 colours of the scene's classes (row 0 = void), or None if no palette module."""
-    try:
-        from utils.colormaps import label_colormap
-    except ImportError:
-        return None
+    """[C, 3] uint8 colours of the scene's classes (row 0 = void): the VOC palette by NYU40 id."""
     return np.asarray(label_colormap(palette_size), dtype=np.uint8)[classes]
 
 

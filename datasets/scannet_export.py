@@ -27,7 +27,9 @@ import sys
 import zipfile
 import zlib
 
+import imageio.v3 as iio
 import numpy as np
+from tqdm import tqdm
 
 from utils.errors import InputError
 
@@ -93,7 +95,6 @@ def write_info(path, header):
 
 def export_sens(sens_path, out_dir=None, frame_skip=1, depth=True, unzip_labels=False, progress=True):
     """Export one .sens file; returns the number of frames written."""
-    import imageio.v3 as iio
     if not os.path.isfile(sens_path):
         raise InputError(f"{sens_path}: .sens file not found")
     if frame_skip < 1:
@@ -111,7 +112,6 @@ def export_sens(sens_path, out_dir=None, frame_skip=1, depth=True, unzip_labels=
             write_info(info_path, header)
         frames = iter_frames(f, header, sens_path)
         if progress:
-            from tqdm import tqdm
             frames = tqdm(frames, total=header["num_frames"], desc=f"export {scene}", dynamic_ncols=True)
         for i, pose, color, depth_data in frames:
             if i % frame_skip:

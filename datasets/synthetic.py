@@ -61,8 +61,11 @@ import os
 import sys
 import time
 
+import imageio.v3 as iio
 import numpy as np
+import torch
 
+from datasets import dino_io
 from datasets.synthetic_descriptors import DIM, DescriptorModel, descriptor_similarity, grid_shape
 from datasets.synthetic_render import edge_pixels, look_at, pixel_directions, render_frame
 from datasets.synthetic_variants import VARIANTS
@@ -101,7 +104,6 @@ _STATE = {}
 
 
 def _init_pool_worker(*args):
-    import torch
     torch.set_num_threads(1)
     _init_worker(*args)
 
@@ -118,9 +120,6 @@ def _init_worker(out_dir, frames, height, width, seed, dino, ss, stat_pixels, va
 
 def _write_frame(i):
     """Render, write and (for training frames) sample descriptors of frame i."""
-    import imageio.v3 as iio
-    import torch
-    from datasets import dino_io
     s = _STATE
     h, w, out = s["height"], s["width"], s["out_dir"]
     rgb, depth, obj = render_frame(s["room"], s["poses"][i], h, w, s["ss"])
@@ -188,7 +187,6 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
     workers: processes (default: 1 for small scenes, else up to the CPU count).
     stats: measure descriptor cosine statistics on a pixel sample of the training frames.
     """
-    from datasets import dino_io
     if variant not in VARIANTS:
         known = ", ".join(f"{k} ({v.name})" for k, v in sorted(VARIANTS.items()))
         raise InputError(f"--variant {variant}: unknown variant (known: {known})")

@@ -1,4 +1,4 @@
-"""The ScanNet loader (exported-frames layout, spec 2.8) on a tiny scene written by the tests."""
+"""The ScanNet loader (exported-frames layout) on a tiny scene written by the tests."""
 import os
 import struct
 

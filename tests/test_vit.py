@@ -173,7 +173,7 @@ def test_stride4_grid_and_positional_table(state):
         pos = model.positional_embedding(H, W)[0]
     assert pos.shape == (1 + 11 * 15, DIM)
     assert_close32(pos, reference_pos(state["pos_embed"], 11, 15))
-    # Replica at load size 360: 480x360 -> 89 x 119 (spec 2.6)
+    # Replica at load size 360: 480x360 -> 89 x 119
     assert model.grid(360, 480) == (89, 119)
     with torch.no_grad():
         big = model.positional_embedding(360, 480)[0]

@@ -8,6 +8,7 @@ import os
 import sys
 
 import cv2
+import imageio.v2 as imageio
 import numpy as np
 
 from utils.atomic import atomic_path, write_bytes_atomic
@@ -94,7 +95,6 @@ def write_video(path, frames, fps=30):
     if not frames:
         return False
     try:
-        import imageio.v2 as imageio
         prepared = []
         for f in frames:
             f = _png_ready(f)
