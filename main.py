@@ -2,10 +2,11 @@
 
 main.py parses the flags, merges them into the YAML (utils/config.py), turns the result into
 typed, validated options (utils/options.py), then loads the scene, builds the renderer and calls
-one mode entry: training.run (train, shape, render_only) or propagation.run / propagation.editing
+one mode entry: training.run (train, shape, render_only), training.semantic (the Semantic-NeRF
+baseline, --semantic_nerf / --semantic_finetune) or propagation.run / propagation.editing
 (propagate_2d, propagate_3d, perturb_gradient). Nothing below reads the flags. Mode precedence is
 the original's: --render_only, --propagate_3d, --perturb_gradient, --propagate_2d, else training
-(Jacobi shaping when a shaping flag is set).
+(Jacobi shaping when a shaping flag is set); --semantic_nerf combines with none of them.
 """
 import dataclasses
 import os
@@ -16,17 +17,19 @@ import time
 import torch
 
 from datasets.registry import LOADERS, load_scene
-from models.checkpoints import latest_checkpoint
+from models.checkpoints import check_checkpoint_path, latest_checkpoint
 from models.factory import build_renderer, select_device
 from models.jacobians import PARAMETER_SUBSETS, subset_flags
 from propagation.directions import DIRECTION_RULES
 from propagation.editing import perturb_gradient
 from propagation.run import propagate
 from training.run import render_only, train
+from training.semantic import train_semantic
 from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
 from utils.errors import InputError, run_cli
 from utils.options import build_options
-from utils.rundir import RunLock, check_output_dir, prepare_run_dir
+from utils.rundir import (Interrupted, RunLock, RunStopped, check_output_dir, exit_on_sigterm, prepare_run_dir,
+                          resume_command, write_failure)
 from utils.seeding import seed_everything
 
 
@@ -68,7 +71,9 @@ def configure_device(opts):
 
 
 def check_outputs(opts):
-    """Output folders are usable before any data is read."""
+    """Output folders are usable (and --ckpt_path is a file) before any data is read."""
+    if opts.ckpt_path:
+        check_checkpoint_path(opts.ckpt_path)
     check_output_dir(opts.save_dir, "--save_dir")
     if opts.seeds is not None:
         if os.path.isfile(opts.seeds.seed_dir):
@@ -94,7 +99,14 @@ def run(opts):
     check_outputs(opts)
     with RunLock(opts.save_dir):
         prepare_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite)
-        return run_mode(resume_checkpoint(opts))
+        try:
+            return run_mode(resume_checkpoint(opts))
+        except OSError as exc:          # a failed write: one line naming the file (docs/RELIABILITY.md)
+            failure = write_failure(exc, latest_checkpoint(opts.save_dir),
+                                    (opts.save_dir, opts.seeds.seed_dir if opts.seeds else None))
+            if failure is None:
+                raise
+            raise failure from None
 
 
 def run_mode(opts):
@@ -102,6 +114,8 @@ def run_mode(opts):
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
     scene = load_scene(opts.data)
+    if opts.seeds is not None and opts.seeds.instance:
+        scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
     renderer = build_renderer(opts.model, device)
     save_resolved_config(opts.config, opts.save_dir)
     if opts.mode == "render_only":
@@ -110,6 +124,8 @@ def run_mode(opts):
         return propagate(opts, scene, renderer, rng)
     if opts.mode == "perturb_gradient":
         return perturb_gradient(opts, scene, renderer, rng)
+    if opts.mode == "semantic_nerf":
+        return train_semantic(opts, scene, renderer, rng)
     return train(opts, scene, renderer, rng)
 
 
@@ -117,14 +133,19 @@ def run_demo(args):
     """--demo: `python -m experiments.demo` in a child process (the demo runs main.py's stages, so
     main.py does not import it)."""
     root = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, "-m", "experiments.demo", "--save_dir", args.save_dir or "runs/demo"]
+    cmd = [sys.executable, "-m", "experiments.demo", "--save_dir", os.path.abspath(args.save_dir or "runs/demo")]
     cmd += ["--N_iters", str(args.N_iters)] if args.N_iters is not None else []
     cmd += ["--seed", str(args.seed)] if args.seed is not None else []
-    return subprocess.call(cmd, cwd=root)
+    child = subprocess.Popen(cmd, cwd=root)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:         # the child got the Ctrl-C too: let it save its checkpoint and stop
+        return child.wait()
 
 
 def main(argv=None):
-    """The command line; returns the exit code (0, 2 for bad input, 130 for Ctrl-C)."""
+    """The command line; returns the exit code (0; 2 for bad input; 1 for a run stopped by divergence or a
+    failed write; 130 / 143 for Ctrl-C / SIGTERM, after saving a checkpoint during training)."""
     t0 = time.time()
     rc = run_cli(_main, argv)
     if rc == 0:
@@ -136,9 +157,16 @@ def _main(argv):
     args, opts = parse_options(argv)
     if args.demo:
         return run_demo(args)
-    run(opts)
+    try:
+        run(opts)
+    except RunStopped as exc:
+        if isinstance(exc, Interrupted):
+            exc.with_command(resume_command(sys.argv[1:] if argv is None else argv))
+        print(f"{exc.prefix}{exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()        # outside the training loop SIGTERM stops with 143, releasing the lock
     configure_threads()
     sys.exit(main())

@@ -1,7 +1,8 @@
 """Time a plain NeRF training step and a 320x240 view render; optionally compare PSNR per precision.
 
-    python bench/nerf_step.py                    # timings (fp32 and tf32 on CUDA, fp32 on CPU)
-    python bench/nerf_step.py --psnr_steps 3000  # also train on the synthetic room per precision
+    python bench/nerf_step.py                    # fp32 / tf32 / bf16, eager and CUDA graph (CPU: fp32)
+    python bench/nerf_step.py --variants tf32:graph,bf16:graph
+    python bench/nerf_step.py --psnr_steps 1000 --data ROOM --psnr_precisions bf16,fp32 --psnr_seeds 0,1
 
 The network and sampling are the original's (8x256, 64 + 128 samples, 1024 rays). Prints one
 Markdown table; record it in docs/PERFORMANCE.md with the device line.
@@ -49,25 +50,39 @@ def options_for(save_dir, extra=()):
     return replace(opts, train=train)
 
 
-def time_step(device, precision, steps, warmup):
-    """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16)."""
-    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16")
+def cli_precision(precision):
+    """The --precision of a benchmark precision: bf16 is not a --precision choice (withheld, see
+    docs/PERFORMANCE.md); it runs as fp16 plus the renderer's bf16 training switch."""
+    return "fp16" if precision == "bf16" else precision
+
+
+def bf16_switch(renderer, precision, device):
+    if precision == "bf16" and device.type == "cuda":
+        renderer.train_dtype = torch.bfloat16
+
+
+def time_step(device, precision, steps, warmup, graph=True):
+    """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16);
+    bf16 = fp16 plus bfloat16 training passes (the renderer switch; not a --precision choice).
+    graph: the CUDA-graph step (else --no_cuda_graph).
+    The step time is the mean over `steps` consecutive steps with one sync at the end (the
+    graphed step never waits for the device, so per-step syncs would measure latency instead)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16")
     with tempfile.TemporaryDirectory() as tmp:
-        opts = options_for(tmp)
+        opts = options_for(tmp, ["--precision", cli_precision(precision)] + ([] if graph else ["--no_cuda_graph"]))
         scene = random_scene()
         renderer = build_renderer(opts.model, device)
+        bf16_switch(renderer, precision, device)
         trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)
-        times = []
-        for i in range(warmup + steps):
-            sync(device)
-            t = time.perf_counter()
+        for i in range(warmup):
             trainer.train_step(i)
-            sync(device)
-            times.append(time.perf_counter() - t)
-        step = statistics.median(times[warmup:])
+        sync(device)
+        t = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            trainer.train_step(i)
+        sync(device)
+        step = (time.perf_counter() - t) / steps
         renderer.eval()
-        if precision == "fp16":
-            renderer.inference_dtype = torch.float16
         rays = scene.cameras(scene.test).image_rays(0, device)
         rtimes = []
         for i in range(1 + max(1, steps // 10)):
@@ -80,28 +95,35 @@ def time_step(device, precision, steps, warmup):
         return step, statistics.median(rtimes[1:]), peak
 
 
-def psnr_run(device, precision, steps, data_dir):
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+def psnr_run(device, precision, steps, data_dir, seed=0, view_step=6, both=True):
+    """Train `steps` plain steps at `precision` (the CUDA-graph step where allowed) on the room in
+    `data_dir`, seed `seed`; render every `view_step`-th test view with the model's own engine
+    (float32 for fp32/tf32, the float16 engine for bf16/fp16) and with the float32 engine.
+    Returns (PSNR own engine, seconds, PSNR float32 engine, max |rgb difference| between them)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16")
     with tempfile.TemporaryDirectory() as tmp:
-        opts = options_for(tmp)
+        opts = options_for(tmp, ["--precision", cli_precision(precision), "--seed", str(seed)])
         data = replace(opts.data, dataset_dir=data_dir, width=320, height=240)
         train = replace(opts.train, n_iters=steps)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         scene = load_scene(data)
         renderer = build_renderer(opts.model, device)
-        trainer = Trainer(train, scene, renderer, tmp, seed=0, log=False)
+        bf16_switch(renderer, precision, device)
+        trainer = Trainer(train, scene, renderer, tmp, seed=seed, log=False)
         t = time.perf_counter()
         for i in range(steps):
             trainer.train_step(i)
         sync(device)
         elapsed = time.perf_counter() - t
         renderer.eval()
-        cameras = scene.cameras(scene.test)
-        out = render_views(renderer, cameras, scene.test.rgb, None, progress=False)
-        renderer.inference_dtype = torch.float16 if device.type == "cuda" else None
-        half = render_views(renderer, cameras, scene.test.rgb, None, progress=False)
-        diff = (half["rgb"].float() - out["rgb"].float()).abs().max().item()
-        return out["psnr"], elapsed, half["psnr"], diff
+        idx = list(range(0, len(scene.test), view_step))
+        cameras = scene.cameras(scene.test).subset(idx)
+        gt = scene.test.rgb[idx]
+        own = render_views(renderer, cameras, gt, None, progress=False)
+        engine, renderer.inference_dtype = renderer.inference_dtype, None
+        full = own if (engine is None or not both) else render_views(renderer, cameras, gt, None, progress=False)
+        diff = (own["rgb"].float() - full["rgb"].float()).abs().max().item()
+        return own["psnr"], elapsed, full["psnr"], diff
 
 
 def main():
@@ -110,29 +132,39 @@ def main():
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--psnr_steps", type=int, default=0, help="also train this many steps on the synthetic room")
     p.add_argument("--data", default=None, help="synthetic room folder (generated if missing)")
+    p.add_argument("--psnr_precisions", default="fp32,bf16")
+    p.add_argument("--psnr_seeds", default="0,1")
+    p.add_argument("--own_engine_only", action="store_true", help="render each model with its own engine only")
+    p.add_argument("--variants", default="", help="comma-separated precision[:graph] list, e.g. tf32,bf16:graph")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    precisions = ["fp32", "tf32", "fp16"] if device.type == "cuda" else ["fp32"]
+    variants = ([("fp32", False), ("fp32", True), ("tf32", False), ("tf32", True), ("bf16", False), ("bf16", True)]
+                if device.type == "cuda" else [("fp32", False)])
+    if args.variants:
+        variants = [(v.split(":")[0], v.endswith(":graph")) for v in args.variants.split(",") if v != "none"]
     print(f"device: {name}; torch {torch.__version__}")
-    print("| precision | train step (1024 rays, 64+128) | render 320x240 view | peak GPU memory |")
-    print("|---|---|---|---|")
-    for prec in precisions:
-        step, view, peak = time_step(device, prec, args.steps, args.warmup)
-        print(f"| {prec} | {step * 1e3:.1f} ms | {view * 1e3:.0f} ms | {peak:.1f} GiB |", flush=True)
+    print("| precision | step | train step (1024 rays, 64+128) | render 320x240 view (its engine) | peak GPU memory |")
+    print("|---|---|---|---|---|")
+    for prec, graph in variants:
+        step, view, peak = time_step(device, prec, args.steps, args.warmup, graph)
+        print(f"| {prec} | {'CUDA graph' if graph else 'eager'} | {step * 1e3:.2f} ms | {view * 1e3:.0f} ms | "
+              f"{peak:.1f} GiB |", flush=True)
     if args.psnr_steps:
         data = args.data or os.path.join(tempfile.gettempdir(), "jnerf_bench_room")
         if not os.path.isdir(data):
             from datasets.synthetic import generate_scene
             generate_scene(data, frames=150, width=320, height=240, seed=0)
-        print(f"\nPSNR on the synthetic room test views after {args.psnr_steps} steps")
-        print("(each model's test views rendered twice: with its own precision, and with the float16 "
-              "inference engine of --precision fp16)")
-        print("| training precision | test PSNR | training time | test PSNR, fp16 render | max abs(rgb diff) |")
-        print("|---|---|---|---|---|")
-        for prec in precisions[:2]:
-            value, elapsed, half, diff = psnr_run(device, prec, args.psnr_steps, data)
-            print(f"| {prec} | {value:.2f} dB | {elapsed:.1f} s | {half:.2f} dB | {diff:.1e} |", flush=True)
+        print(f"\nPSNR on the synthetic room test views (every 6th) after {args.psnr_steps} steps")
+        print("(each model's test views rendered with its own engine and with the float32 engine)")
+        print("| training precision | seed | test PSNR | training time | test PSNR, float32 render | max abs(rgb diff) |")
+        print("|---|---|---|---|---|---|")
+        for seed in [int(x) for x in args.psnr_seeds.split(",")]:
+            for prec in args.psnr_precisions.split(","):
+                value, elapsed, full, diff = psnr_run(device, prec, args.psnr_steps, data, seed,
+                                                      both=not args.own_engine_only)
+                print(f"| {prec} | {seed} | {value:.2f} dB | {elapsed:.1f} s | {full:.2f} dB | {diff:.1e} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

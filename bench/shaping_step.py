@@ -59,9 +59,9 @@ def random_scene(n_frames=20, height=240, width=320, grid=(89, 119), dim=384):
     return Scene("random", "", height, width, intr, split, split, semantic_classes=torch.tensor([0]).numpy())
 
 
-def options_for(save_dir, n_rays, args, shaping=True):
+def options_for(save_dir, n_rays, args, shaping=True, more=()):
     """RunOptions of the README's command (or plain training) at the benchmark's sizes."""
-    extra = README_FLAGS if shaping else []
+    extra = (README_FLAGS if shaping else []) + list(more)
     config = os.path.join(ROOT, "configs", "replica_room0_config.yaml")
     _, opts = parse_options(["--config_file", config, "--save_dir", save_dir,
                              "--seed", "0", *extra, "--N_rays", str(n_rays), "--N_samples", str(args.samples),
@@ -71,8 +71,8 @@ def options_for(save_dir, n_rays, args, shaping=True):
     return replace(opts, model=model, train=train)
 
 
-def make_trainer(device, n_rays, args, scene, tmp, shaping=True):
-    opts = options_for(tmp, n_rays, args, shaping)
+def make_trainer(device, n_rays, args, scene, tmp, shaping=True, more=()):
+    opts = options_for(tmp, n_rays, args, shaping, more)
     torch.manual_seed(0)
     renderer = build_renderer(opts.model, device)
     shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
@@ -87,7 +87,7 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping)
+        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, ["--no_cuda_graph"])
         if adam == "foreach":
             params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
             trainer.optimizer = torch.optim.Adam(params, lr=trainer.opts.lrate, betas=(0.9, 0.999), foreach=True)
@@ -108,6 +108,27 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         tau = trainer.shaper.tau if shaping else float("nan")
         return statistics.median(times[args.warmup:]), peak, tau
+
+
+def time_fast(device, precision, n_rays, args, scene, graph, shaping=True):
+    """(mean step time over args.steps consecutive steps with one sync at the end, tau after) for
+    the --precision `precision` step, graph-captured or eager (--no_cuda_graph)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+    # bf16 is not a --precision choice (withheld, docs/PERFORMANCE.md): fp16 plus the renderer's switch
+    more = ["--precision", "fp16" if precision == "bf16" else precision] + ([] if graph else ["--no_cuda_graph"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, more)
+        if precision == "bf16" and device.type == "cuda":
+            trainer.renderer.train_dtype = torch.bfloat16
+        for i in range(args.warmup):
+            trainer.train_step(i)
+        sync(device)
+        t = time.perf_counter()
+        for i in range(args.warmup, args.warmup + args.steps):
+            trainer.train_step(i)
+        sync(device)
+        tau = trainer.shaper.tau if shaping else float("nan")
+        return (time.perf_counter() - t) / args.steps, tau, trainer.fast_reason
 
 
 def loss_check(device, args, scene):
@@ -164,6 +185,7 @@ def main():
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--importance", type=int, default=128)
     p.add_argument("--no_check", action="store_true", help="skip the loss check against the slow definition")
+    p.add_argument("--fast_only", action="store_true", help="only the CUDA-graph table (eager tf32, graph tf32, bf16)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -171,15 +193,17 @@ def main():
     scene = random_scene()
     print(f"device: {name}; torch {torch.__version__}; network 8 x {args.netwidth}; "
           f"{args.samples} + {args.importance} samples; median of {args.steps} steps after {args.warmup}")
+    if args.fast_only:
+        args.rays, args.no_check = "", True
     print("\n| N_rays | precision | plain step | shaping step | peak GPU memory | tau after the run |")
     print("|---|---|---|---|---|---|")
-    for n in [int(x) for x in args.rays.split(",")]:
+    for n in [int(x) for x in args.rays.split(",") if x]:
         for prec in precisions:
             plain = time_steps(device, prec, n, args, scene, shaping=False)[0] if n == 64 else None
             step, peak, tau = time_steps(device, prec, n, args, scene)
             plain_txt = f"{plain * 1e3:.1f} ms" if plain is not None else ""
             print(f"| {n} | {prec} | {plain_txt} | {step * 1e3:.1f} ms | {peak:.0f} MiB | {tau:.3f} |", flush=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and not args.fast_only:
         print("\nN_rays 64, tf32: Adam variant and host (launch) time; a step whose host time is close to its "
               "total is bound by kernel launches, not by the GPU")
         print("| Adam | plain step | plain host | shaping step | shaping host |")
@@ -190,6 +214,18 @@ def main():
             ts = time_steps(device, "tf32", 64, args, scene, adam=adam, host=hs)[0]
             print(f"| {adam} | {tp*1e3:.1f} ms | {hp[0]*1e3:.1f} ms | {ts*1e3:.1f} ms | {hs[0]*1e3:.1f} ms |",
                   flush=True)
+    if device.type == "cuda":
+        print("\nN_rays 64: the whole step as one CUDA graph against the eager step (mean of consecutive steps, "
+              "one sync at the end)")
+        print("| precision | step | plain step | shaping step | tau after the run | eager because |")
+        print("|---|---|---|---|---|---|")
+        variants = ((("tf32", False), ("tf32", True), ("bf16", True)) if args.fast_only else
+                    (("fp32", False), ("fp32", True), ("tf32", False), ("tf32", True), ("bf16", True)))
+        for prec, graph in variants:
+            tp = time_fast(device, prec, 64, args, scene, graph, shaping=False)[0]
+            ts, tau, why = time_fast(device, prec, 64, args, scene, graph)
+            print(f"| {prec} | {'CUDA graph' if graph else 'eager'} | {tp * 1e3:.2f} ms | {ts * 1e3:.2f} ms | "
+                  f"{tau:.3f} | {why or ''} |", flush=True)
     if not args.no_check:
         loss_check(device, args, scene)
 

@@ -37,7 +37,7 @@ def load_feature_store(root, numbers, hw, kind, high_res=False, feature_dim=384,
     prefix = "lseg" if kind == "lseg" else "dino"
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: descriptor folder missing (--load_{kind}); extract them with "
-                         "`python -m datasets.extract_dino` (README, 'DINO descriptors')")
+                         "`python -m datasets.extract_dino` (docs/DINO.md)")
     meta = dino_io.read_meta(folder)
     expected = (meta or {}).get("dim", 512 if kind == "lseg" else 384)
     grid_hw = tuple(meta["grid"]) if meta else None

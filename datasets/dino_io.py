@@ -86,8 +86,7 @@ def load_descriptor(path, image_hw, grid_hw=None):
     or is inferred from the token count and `image_hw`.
     """
     if not os.path.isfile(path):
-        raise InputError(f"{path}: descriptor file missing (expected one per frame; see README, "
-                         "'DINO descriptors')")
+        raise InputError(f"{path}: descriptor file missing (expected one per frame; see docs/DINO.md)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -176,15 +175,22 @@ class DescriptorStore:
     def gather(self, frame, v, u, device=None):
         """Descriptors [B, D] at pixels (frame[b], v[b], u[b]); index tensors on the CPU."""
         frame, v, u = frame.cpu().long(), v.cpu().long(), u.cpu().long()
-        r0, r1, rf = (t[v] for t in self._rows)
-        c0, c1, cf = (t[u] for t in self._cols)
-        g = self.grids
-        out = ((1 - rf) * (1 - cf))[:, None] * g[frame, r0, c0].float()
-        out += ((1 - rf) * cf)[:, None] * g[frame, r0, c1].float()
-        out += (rf * (1 - cf))[:, None] * g[frame, r1, c0].float()
-        out += (rf * cf)[:, None] * g[frame, r1, c1].float()
+        out = gather_cells(self.grids, self._rows, self._cols, frame, v, u)
         return out.to(device) if device is not None else out
 
     def full(self, frame):
         """The [H, W, D] float32 descriptor map of one frame."""
         return upsample_area(self.grids[frame], self.image_hw)
+
+
+def gather_cells(grids, rows, cols, frame, v, u):
+    """Descriptors [B, D] float32 at pixels (frame[b], v[b], u[b]): the bilinear mix of the four
+    grid cells (r0|r1, c0|c1) with weights from the fractions rf, cf, where `rows` = (r0, r1, rf)
+    and `cols` = (c0, c1, cf) are per-pixel lookup tables (all tensors on one device)."""
+    r0, r1, rf = (t[v] for t in rows)
+    c0, c1, cf = (t[u] for t in cols)
+    out = ((1 - rf) * (1 - cf))[:, None] * grids[frame, r0, c0].float()
+    out += ((1 - rf) * cf)[:, None] * grids[frame, r0, c1].float()
+    out += (rf * (1 - cf))[:, None] * grids[frame, r1, c0].float()
+    out += (rf * cf)[:, None] * grids[frame, r1, c1].float()
+    return out

@@ -193,17 +193,33 @@ def seed_classes(seeds, eval_space=False):
     return ids - 1 if eval_space else ids
 
 
+def frame_advice(flags):
+    """How to label other training frames under the flags that made the seeds (`_flags`): the click
+    branches ignore --label_map_ids (as the original), so the advice differs per branch."""
+    flags = flags or {}
+    if flags.get("label_propagation") or flags.get("user_click"):
+        if not flags.get("sparse_views"):
+            return "the clicks go to every training frame, so the scene's label maps hold only void"
+        return ("the clicked frames are those --sparse_ratio keeps (--label_map_ids does not apply to clicks): "
+                "choose a smaller --sparse_ratio, or --random_sample with another --seed")
+    if flags.get("sparse_views") and flags.get("label_map_ids"):
+        return "choose other frames with --label_map_ids"
+    if flags.get("sparse_views"):
+        return "choose a smaller --sparse_ratio, or the frames with --label_map_ids"
+    return "every training frame is labelled, so the scene's label maps hold only void"
+
+
 def check_seeds(seeds, scene_classes=None):
     """InputError when the seeds label nothing, or label a class that does not occur in the scene
     (`scene_classes`: the ids, 0 = void, that occur in the scene's label maps)."""
     where = f"seeds '{seeds.folder_name}'"
     frames = np.flatnonzero(seeds.mask_ids)
     if len(frames) == 0:
-        raise InputError(f"{where}: no training frame keeps labels (check --sparse_ratio / --label_map_ids)")
+        raise InputError(f"{where}: no training frame keeps labels; {frame_advice(seeds.info.get('flags'))}")
     classes = seed_classes(seeds)
     if len(classes) == 0:
         raise InputError(f"{where}: the labelled training frames {frames.tolist()[:10]} contain no "
-                         "labelled pixel (only void); choose other frames with --label_map_ids")
+                         f"labelled pixel (only void); {frame_advice(seeds.info.get('flags'))}")
     if scene_classes is not None:
         known = set(int(c) for c in np.asarray(scene_classes).reshape(-1))
         absent = [int(c) for c in classes if int(c) not in known]
@@ -241,7 +257,7 @@ def save_seeds(seeds, seed_dir, colour_map=None):
         write_png(os.path.join(tmp, f"vis_sem_class_{i}.png"), colour_map[seeds.labels[i]])
     np.save(os.path.join(tmp, "mask_ids.npy"), seeds.mask_ids.astype(bool))
     with open(os.path.join(tmp, "seeds.json"), "w") as f:
-        json.dump(to_jsonable(seeds.info), f, indent=1)
+        json.dump(to_jsonable(seeds.info), f, indent=1, allow_nan=False)
     old = os.path.join(seed_dir, f".{seeds.folder_name}.old{os.getpid()}")
     if os.path.exists(final):
         os.rename(final, old)

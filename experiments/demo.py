@@ -42,6 +42,8 @@ def _stage(title, argv):
     rc = jnerf_main.main(argv)
     if rc == 130:
         raise KeyboardInterrupt
+    if rc == 143:            # SIGTERM: the stage saved its checkpoint; stop the demo the same way
+        raise SystemExit(143)
     if rc != 0:
         raise InputError(f"demo stage '{title}' failed (exit code {rc}); see the message above")
     return time.time() - t0

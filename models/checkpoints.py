@@ -5,13 +5,22 @@ A checkpoint is `torch.save` of a dict with the original's keys
 (parameter names as in models/nerf.py; the optimizer is one Adam over the coarse then the fine
 parameters, as the original), so checkpoints move between the two code bases in both
 directions. This project adds one key, `jnerf_state` (adaptive threshold, random states,
-ray-sampler position), which the original ignores.
+ray-sampler position), which the original ignores; a Semantic-NeRF baseline run adds its heads
+under `semantic_state_dict` (models/semantic.py; `load_semantic_heads`), so its checkpoint is
+still a plain checkpoint to every other mode.
+
+Reliability (docs/RELIABILITY.md): a save is refused when a weight or an optimizer-state tensor is
+non-finite (`non_finite_tensor`, checked by the trainer before every save), a load is refused
+naming such a tensor, a failed write raises the OSError of the file system (disk full, file too
+large) naming the checkpoint, and `prune_checkpoints` implements --keep_ckpts.
 """
+import io
 import os
 import re
 
 import torch
 
+from models.semantic import SEMANTIC_KEY, load_semantic_state
 from utils.atomic import atomic_path
 from utils.errors import InputError
 
@@ -23,9 +32,10 @@ def checkpoint_path(save_dir, step):
     return os.path.join(save_dir, "checkpoints", f"{step:06d}.ckpt")
 
 
-def save_checkpoint(path, step, renderer, optimizer=None, extra=None):
+def save_checkpoint(path, step, renderer, optimizer=None, extra=None, semantic=None):
     """Write the checkpoint to a temporary file and rename it, so a crash never leaves a
-    truncated file under the final name."""
+    truncated file under the final name. semantic: models.semantic.semantic_state(...) of a
+    Semantic-NeRF run, saved under SEMANTIC_KEY."""
     data = {
         "global_step": int(step),
         "network_coarse_state_dict": renderer.coarse.state_dict(),
@@ -34,16 +44,36 @@ def save_checkpoint(path, step, renderer, optimizer=None, extra=None):
     }
     if extra:
         data[EXTRA_KEY] = extra
+    if semantic is not None:
+        data[SEMANTIC_KEY] = semantic
     with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        try:
+            torch.save(data, tmp)
+        except RuntimeError:
+            # torch's file writer reports a full disk as "unexpected pos ..."; writing the same bytes
+            # from Python raises the file system's own error (ENOSPC, EFBIG), or succeeds
+            buf = io.BytesIO()
+            torch.save(data, buf)
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
     return path
+
+
+def check_checkpoint_path(path, flag="--ckpt_path"):
+    """InputError unless `path` is an existing file (a folder is named as such)."""
+    if path and os.path.isdir(path):
+        inside = latest_checkpoint(path) or latest_checkpoint(os.path.dirname(os.path.normpath(path)))
+        hint = f"; the latest checkpoint there is {inside}" if inside else ""
+        raise InputError(f"{flag}: {path} is a folder; expected a .ckpt file such as "
+                         f"<save_dir>/checkpoints/010000.ckpt{hint}")
+    if not path or not os.path.isfile(path):
+        raise InputError(f"{flag}: {path!r} does not exist (expected a .ckpt file written by "
+                         "training, e.g. <save_dir>/checkpoints/010000.ckpt)")
 
 
 def load_checkpoint(path, map_location="cpu"):
     """Read and validate a checkpoint file; one InputError naming the file on any problem."""
-    if not path or not os.path.isfile(path):
-        raise InputError(f"--ckpt_path: {path!r} does not exist (expected a .ckpt file written by "
-                         "training, e.g. <save_dir>/checkpoints/010000.ckpt)")
+    check_checkpoint_path(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -75,10 +105,50 @@ def _check_state(path, name, net, state):
                          f"(model.netdepth/netwidth, render.multires/i_embed): {'; '.join(detail)}")
 
 
+def named_tensors(obj, prefix=""):
+    """(dotted name, tensor) of every floating-point tensor in a nested dict/list structure."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point():
+            yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def non_finite_tensor(named):
+    """(name, count of NaN/inf values) of the first tensor of `named` ((name, tensor) pairs) that is not
+    all finite, or None. One host sync for all tensors of a device."""
+    named = list(named)
+    by_device = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    ok = torch.ones(len(named), dtype=torch.bool)
+    for idx in by_device.values():
+        ok[idx] = torch.stack([torch.isfinite(named[i][1]).all() for i in idx]).cpu()
+    if bool(ok.all()):
+        return None
+    name, t = named[int((~ok).nonzero()[0, 0])]
+    return name, int((~torch.isfinite(t)).sum())
+
+
+def _check_finite(path, data, keys):
+    bad = non_finite_tensor(named_tensors({k: data[k] for k in keys if k in data}))
+    if bad is not None:
+        name, count = bad
+        raise InputError(f"--ckpt_path: {path}: {name} holds {count} non-finite values (NaN or inf); the run "
+                         "that wrote it diverged; use an earlier checkpoint")
+
+
 def apply_checkpoint(path, data, renderer, optimizer=None):
-    """Load network weights (and, if `optimizer` is given, its state) into place."""
+    """Load network weights (and, if `optimizer` is given, its state) into place; refuses
+    non-finite weights (or optimizer state), naming the tensor."""
     _check_state(path, "network_coarse_state_dict", renderer.coarse, data["network_coarse_state_dict"])
     _check_state(path, "network_fine_state_dict", renderer.fine, data["network_fine_state_dict"])
+    _check_finite(path, data, ("network_coarse_state_dict", "network_fine_state_dict")
+                  + (("optimizer_state_dict",) if optimizer is not None else ()))
     renderer.coarse.load_state_dict(data["network_coarse_state_dict"])
     renderer.fine.load_state_dict(data["network_fine_state_dict"])
     if optimizer is not None:
@@ -93,8 +163,51 @@ def apply_checkpoint(path, data, renderer, optimizer=None):
 
 
 def latest_checkpoint(save_dir):
+    """Path of the highest-step checkpoint in <save_dir>/checkpoints, or None."""
+    steps = checkpoint_steps(save_dir)
+    return steps[max(steps)] if steps else None
+
+
+def checkpoint_steps(save_dir):
+    """{step: path} of the `<step>.ckpt` files in <save_dir>/checkpoints."""
     folder = os.path.join(save_dir, "checkpoints")
     if not os.path.isdir(folder):
-        return None
-    steps = [(int(m.group(1)), f) for f in os.listdir(folder) if (m := re.fullmatch(r"(\d+)\.ckpt", f))]
-    return os.path.join(folder, max(steps)[1]) if steps else None
+        return {}
+    return {int(m.group(1)): os.path.join(folder, f) for f in os.listdir(folder)
+            if (m := re.fullmatch(r"(\d+)\.ckpt", f))}
+
+
+def prune_checkpoints(save_dir, keep, current, final):
+    """--keep_ckpts: of the checkpoints at steps <= `current` keep the newest `keep`; the one at
+    step `final` (the run's last) and any later ones (another run's, e.g. before a --resume from an
+    earlier step) are never removed. Returns the removed paths."""
+    if not keep:
+        return []
+    steps = checkpoint_steps(save_dir)
+    candidates = sorted((s for s in steps if s <= current), reverse=True)
+    removed = []
+    for s in candidates[keep:]:
+        if s != final:
+            os.remove(steps[s])
+            removed.append(steps[s])
+    return removed
+
+
+def load_semantic_heads(path, data, head_coarse, head_fine, required=True):
+    """Load the Semantic-NeRF heads saved under SEMANTIC_KEY of checkpoint `data` (read from `path`).
+    Returns whether they were loaded; InputError (naming the file) when they are missing and
+    `required`, or when they do not match the heads (another label space or network width)."""
+    state = data.get(SEMANTIC_KEY)
+    if state is None:
+        if required:
+            raise InputError(f"--ckpt_path: {path} holds no Semantic-NeRF heads ({SEMANTIC_KEY}); it was not "
+                             "written by a --semantic_nerf run")
+        return False
+    _check_finite(path, data, (SEMANTIC_KEY,))
+    try:
+        load_semantic_state(state, head_coarse, head_fine)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise InputError(f"--ckpt_path: {path}: its Semantic-NeRF heads do not match this run's "
+                         f"({str(exc).splitlines()[0][:200]}); same label space (--test_instance) and "
+                         "network width needed") from None
+    return True

@@ -119,6 +119,37 @@ class NeRF(nn.Module):
         logits = F.linear(h128, self.rgb_linear.weight.to(dt), self.rgb_linear.bias.to(dt))
         return y[..., W // 2], logits, h128
 
+    def forward_mixed(self, x_enc, d_enc, dtype, features=True):
+        """`forward` with autograd in a lower precision `dtype` (bf16 training, Renderer.train_dtype;
+        withheld from --precision, docs/PERFORMANCE.md): every
+        affine layer runs on `dtype` casts of the float32 master weights (gradients reach them in
+        float32 through the casts), activations stay in `dtype`, and the outputs are cast back to
+        float32 for compositing, losses and Jacobians (the rgb_linear inputs only with `features`;
+        else rgb_features is None). The position input is zero-padded to a
+        multiple of 8 channels (with zero weight columns: the same sums plus zeros) so that the
+        first and the skip layer are tensor-core aligned. Same function as `forward` up to the
+        rounding of `dtype` (tests/test_precision.py)."""
+        c, W = self.input_ch, self.W
+        pad = (-c) % 8
+        x = F.pad(x_enc.to(dtype), (0, pad))
+        h = x
+        for i, layer in enumerate(self.pts_linears):
+            w = layer.weight
+            if i == 0:
+                w = F.pad(w, (0, pad))
+            elif i - 1 in self.skips:
+                w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
+            h = F.relu(F.linear(h, w.to(dtype), layer.bias.to(dtype)))
+            if i in self.skips:
+                h = torch.cat((x, h), dim=-1)
+        sigma_raw = F.linear(h, self.alpha_linear.weight.to(dtype), self.alpha_linear.bias.to(dtype))[..., 0]
+        feature = F.linear(h, self.feature_linear.weight.to(dtype), self.feature_linear.bias.to(dtype))
+        v = self.views_linears[0]
+        view_term = F.linear(d_enc.to(dtype), v.weight[:, W:].to(dtype))
+        h128 = F.relu(F.linear(feature, v.weight[:, :W].to(dtype), v.bias.to(dtype)) + view_term)
+        logits = F.linear(h128, self.rgb_linear.weight.to(dtype), self.rgb_linear.bias.to(dtype))
+        return FieldOutput(logits.float(), sigma_raw.float(), h128.float() if features else None)
+
     def view_bias(self, d_enc):
         """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
         return F.linear(d_enc, self.views_linears[0].weight[:, self.W:])

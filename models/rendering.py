@@ -40,7 +40,25 @@ class Composite(NamedTuple):
     weights: torch.Tensor   # [B, S]
 
 
-def composite_weights(sigma_raw, z, dir_norm, noise_std=0.0, generator=None):
+class _CumprodNoZeros(torch.autograd.Function):
+    """torch.cumprod over the last dim of an input without zeros (the transmittance factors
+    1 - alpha + 1e-10 >= 1e-10), with the backward PyTorch computes for that case (the reversed
+    cumulative sum of grad * output, divided by the input) minus its host-side check for zeros,
+    which a CUDA graph cannot capture (Renderer.capture_safe)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.cumprod(x, dim=-1)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        return (out * grad).flip(-1).cumsum(-1).flip(-1).div(x)
+
+
+def composite_weights(sigma_raw, z, dir_norm, noise_std=0.0, generator=None, capture_safe=False):
     """Rendering weights w_i = alpha_i * prod_{j<i}(1 - alpha_j + 1e-10) (the original's +1e-10).
 
     sigma_raw, z: [B, S]; dir_norm: [B, 1] (rays are not unit length, so distances are scaled).
@@ -51,15 +69,16 @@ def composite_weights(sigma_raw, z, dir_norm, noise_std=0.0, generator=None):
         sigma_raw = sigma_raw + noise_std * torch.randn(sigma_raw.shape, device=sigma_raw.device,
                                                         dtype=sigma_raw.dtype, generator=generator)
     alpha = 1.0 - torch.exp(-F.relu(sigma_raw) * dists)
-    trans = torch.cumprod(torch.cat((torch.ones_like(alpha[..., :1]), 1.0 - alpha + 1e-10), dim=-1),
-                          dim=-1)[..., :-1]
+    factors = torch.cat((torch.ones_like(alpha[..., :1]), 1.0 - alpha + 1e-10), dim=-1)
+    trans = (_CumprodNoZeros.apply(factors) if capture_safe else torch.cumprod(factors, dim=-1))[..., :-1]
     return alpha * trans
 
 
-def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=False, generator=None):
+def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=False, generator=None,
+              capture_safe=False):
     """Composite per-sample colour logits [B, S, 3] with the weights of `composite_weights`:
     rgb [B, 3] (plus 1 - acc on a white background), depth [B], acc [B], weights [B, S]."""
-    w = composite_weights(sigma_raw, z, dir_norm, noise_std, generator)
+    w = composite_weights(sigma_raw, z, dir_norm, noise_std, generator, capture_safe)
     rgb = torch.sum(w[..., None] * torch.sigmoid(rgb_logits), dim=-2)
     acc = w.sum(-1)
     if white_bkgd:
@@ -92,6 +111,14 @@ class Renderer(nn.Module):
         # inference engine (no-autograd passes only: image renders, propagation); the networks'
         # outputs are cast back, so compositing and responses stay in float32 (--precision fp16).
         self.inference_dtype = None
+        # None: passes with autograd (training) run in the parameters' dtype. torch.bfloat16: they
+        # run NeRF.forward_mixed (bf16 activations, float32 master weights, float32 outputs). Not
+        # a --precision choice: withheld until it passes the precision check (docs/PERFORMANCE.md);
+        # the benchmarks set it directly.
+        self.train_dtype = None
+        # True: compositing uses a cumprod whose backward never syncs with the host (set by the
+        # graph-captured training step, training/graphs.py); same values.
+        self.capture_safe = False
 
     def set_inference(self, options):
         """Use `options` (models.nerf.InferenceOptions: the no-autograd fast paths) in both networks."""
@@ -104,22 +131,27 @@ class Renderer(nn.Module):
         return self.inference_dtype
 
     # -- network evaluation in point chunks --------------------------------------------------
-    def run_field(self, net, pts, viewdirs):
-        """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call."""
+    def run_field(self, net, pts, viewdirs, features=True):
+        """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call.
+        features=False: rgb_features may be None (image renders need only colour and density, and
+        skipping the [B, S, W/2] output saves a memory pass per chunk on the half engine)."""
         d_enc = self.dir_enc(viewdirs)[:, None, :]
         per_call = max(1, self.opts.netchunk // pts.shape[1])
         dt = self._engine_dtype()
+        mixed = self.train_dtype is not None and torch.is_grad_enabled()
 
         def call(p, d):
+            if mixed:
+                return net.forward_mixed(self.pos_enc(p), d, self.train_dtype, features)
             if dt is None:
                 return net(self.pos_enc(p), d)
             out = net(self.pos_enc(p).to(dt), d)     # d stays float32: the per-ray view term
-            return type(out)(*(t.to(p.dtype) for t in out))
+            return type(out)(*(t.to(p.dtype) if (features or k != 2) else None for k, t in enumerate(out)))
 
         if pts.shape[0] <= per_call:
             return call(pts, d_enc)
         outs = [call(pts[i:i + per_call], d_enc[i:i + per_call]) for i in range(0, pts.shape[0], per_call)]
-        return type(outs[0])(*(torch.cat(parts, 0) for parts in zip(*outs)))
+        return type(outs[0])(*(torch.cat(parts, 0) if parts[0] is not None else None for parts in zip(*outs)))
 
     # -- one batch of rays ------------------------------------------------------------------
     def run_density(self, net, pts):
@@ -143,12 +175,13 @@ class Renderer(nn.Module):
         z = stratified_z(near, far, o.n_samples, jitter, generator)
         pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
         if coarse_rgb:
-            out_c = self.run_field(self.coarse, pts, viewdirs)
+            out_c = self.run_field(self.coarse, pts, viewdirs, features=False)
             sigma_c = out_c.sigma_raw
-            comp_c = composite(out_c.rgb_logits, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
+            comp_c = composite(out_c.rgb_logits, sigma_c, z, dir_norm, noise, o.white_bkgd, generator,
+                               self.capture_safe)
         else:
             sigma_c = self.run_density(self.coarse, pts)
-            w_c = composite_weights(sigma_c, z, dir_norm, noise, generator)
+            w_c = composite_weights(sigma_c, z, dir_norm, noise, generator, self.capture_safe)
             comp_c = Composite(None, torch.sum(w_c * z, dim=-1), w_c.sum(-1), w_c)
 
         z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
@@ -156,9 +189,9 @@ class Renderer(nn.Module):
                            deterministic=not jitter, generator=generator)
         z_fine, _ = torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)
         pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
-        out_f = self.run_field(self.fine, pts, viewdirs)
+        out_f = self.run_field(self.fine, pts, viewdirs, features=keep_fine)
         comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,
-                           generator)
+                           generator, self.capture_safe)
         result = dict(rgb=comp_f.rgb, rgb_coarse=comp_c.rgb, depth=comp_f.depth, acc=comp_f.acc,
                       depth_coarse=comp_c.depth, disp=disparity(comp_f.depth, comp_f.acc),
                       sigma_raw_coarse=sigma_c, sigma_raw_fine=out_f.sigma_raw)

@@ -18,12 +18,22 @@ entries of a network state dict that embeds the branch load into it (`split_sema
 Two protocols: joint training (trunk and head trained together) and fine-tuning the head on a
 trained plain checkpoint (trunk parameters with requires_grad False; `semantic_logits` then runs
 the trunk without autograd).
+
+`render_semantic_rays` is the coarse-to-fine render of `Renderer.render_rays` (the same samplers
+and compositing, models/samplers.py and models/rendering.py) with the semantic logits of every
+sample added, the trunk evaluated once per sample for density, colour and logits. For the 3D
+readout it also returns the fine samples' raw logits and weights: a point's label is
+argmax_c s_c(x_i), and a pixel's 3D label is the label with the largest rendered weight of its
+points, argmax_l sum_i w_i [argmax_c s_c(x_i) = l] (`point_vote_labels`), the way 3D propagation
+renders its per-point responses into a test view.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.rays import unpack_rays
+from models.rendering import composite, composite_weights, disparity
+from models.samplers import sample_pdf, stratified_z
 
 # Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
 WGT_SEM = 4e-2
@@ -96,6 +106,74 @@ def semantic_loss(logits_coarse, logits_fine, labels, ignore=-1):
 def predict_labels(logits):
     """Class index argmax_c S(r) [R] of rendered logits [R, C]."""
     return torch.argmax(logits, dim=-1)
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def _field(renderer, net, head, pts, viewdirs, colour):
+    """(sigma_raw [B, S], colour logits [B, S, 3] or None, semantic logits [B, S, C]) at pts
+    [B, S, 3]; the trunk runs once, without a graph when the NeRF is frozen (see semantic_logits)."""
+    x = renderer.pos_enc(pts)
+    trunk_grad = torch.is_grad_enabled() and any(p.requires_grad for p in net.pts_linears.parameters())
+    with torch.set_grad_enabled(trunk_grad):
+        h = net.trunk(x)
+        sigma = net.alpha_linear(h)[..., 0]
+        rgb = None
+        if colour:
+            rgb, _ = net.head(h, net.view_bias(renderer.dir_enc(viewdirs)[:, None, :]))
+    return sigma, rgb, head(h.to(head.semantic_linear[1].weight.dtype))
+
+
+def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=False, generator=None):
+    """Render rays [B, 11] coarse + fine with semantic logits (module doc). heads: (coarse head,
+    fine head). Training mode: stratified jitter, random importance samples and density noise, as
+    `Renderer.render_rays`; evaluation mode is deterministic.
+
+    Returns dict: logits / logits_coarse (rendered S(r) [B, C]), rgb / rgb_coarse ([B, 3]; None
+    when colour=False), depth, acc, disp, sigma_raw_coarse / sigma_raw_fine; with keep_points
+    also point_logits [B, S, C] (the fine samples' raw logits) and weights [B, S]."""
+    o = renderer.opts
+    head_c, head_f = heads
+    origins, dirs, near, far, viewdirs = unpack_rays(rays)
+    dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
+    jitter = train and o.perturb > 0
+    noise = o.raw_noise_std if train else 0.0
+
+    z = stratified_z(near, far, o.n_samples, jitter, generator)
+    pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
+    sigma_c, rgb_c, s_c = _field(renderer, renderer.coarse, head_c, pts, viewdirs, colour)
+    if colour:
+        comp_c = composite(rgb_c, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
+        w_c, out_rgb_c = comp_c.weights, comp_c.rgb
+    else:
+        w_c, out_rgb_c = composite_weights(sigma_c, z, dir_norm, noise, generator), None
+
+    z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
+    z_imp = sample_pdf(z_mid, w_c[..., 1:-1], o.n_importance, deterministic=not jitter, generator=generator)
+    z_fine, _ = torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)
+    pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
+    sigma_f, rgb_f, s_f = _field(renderer, renderer.fine, head_f, pts, viewdirs, colour)
+    if colour:
+        comp_f = composite(rgb_f, sigma_f, z_fine, dir_norm, noise, o.white_bkgd, generator)
+        w_f, out_rgb_f = comp_f.weights, comp_f.rgb
+    else:
+        w_f, out_rgb_f = composite_weights(sigma_f, z_fine, dir_norm, noise, generator), None
+    depth, acc = torch.sum(w_f * z_fine, dim=-1), w_f.sum(-1)
+    out = dict(logits=render_logits(w_f, s_f), logits_coarse=render_logits(w_c, s_c), rgb=out_rgb_f,
+               rgb_coarse=out_rgb_c, depth=depth, acc=acc, disp=disparity(depth, acc),
+               sigma_raw_coarse=sigma_c, sigma_raw_fine=sigma_f)
+    if keep_points:
+        out["point_logits"], out["weights"] = s_f, w_f
+    return out
+
+
+def point_vote_labels(weights, point_logits, num_classes):
+    """The 3D readout [B]: argmax_l sum_i w_i [argmax_c s_ic = l] of fine weights [B, S] and raw
+    point logits [B, S, C] (each point labelled by its own logits, the labels rendered into the
+    pixel with the colour weights)."""
+    point_labels = torch.argmax(point_logits, dim=-1)                       # [B, S]
+    votes = torch.zeros(weights.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+    votes.scatter_add_(1, point_labels, weights)
+    return torch.argmax(votes, dim=-1)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -13,17 +13,35 @@ result as an extra column.
 """
 import json
 import math
+import os
 import sys
+
+from utils.errors import InputError, run_cli
 
 SUMMARY = (("mIoU", "miou"), ("mIoU (valid classes)", "miou_validclass"),
            ("total accuracy", "total_accuracy"), ("class-average accuracy", "class_average_accuracy"))
 
 
 def _load(m):
-    if isinstance(m, str):
+    """A metrics dict, or the one in a propagation run's metrics.json (InputError naming the file)."""
+    if not isinstance(m, str):
+        return m
+    if os.path.isdir(m):
+        inside = os.path.join(m, "metrics.json")
+        hint = f" such as {inside}" if os.path.isfile(inside) else ""
+        raise InputError(f"{m} is a folder; expected a propagation run's metrics.json{hint}")
+    if not os.path.isfile(m):
+        raise InputError(f"{m} does not exist (expected the metrics.json of a --propagate_2d / --propagate_3d run)")
+    try:
         with open(m) as f:
-            return json.load(f)
-    return m
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{m} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or "miou" not in data:
+        mode = data.get("mode") if isinstance(data, dict) else None
+        what = f"a '{mode}' run's metrics" if mode else "no propagation metrics (no 'miou')"
+        raise InputError(f"{m} holds {what}; compare the metrics.json of --propagate_2d / --propagate_3d runs")
+    return data
 
 
 def _num(x):
@@ -83,6 +101,7 @@ def compare_runs(runs, per_class=True):
 
 
 def main(argv=None):
+    """The command line: 0, or 2 with one `error:` line for a missing or non-propagation metrics.json."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         print(__doc__)
@@ -91,8 +110,7 @@ def main(argv=None):
     for item in argv:
         name, _, path = item.rpartition("=")
         runs[name or path] = path
-    print(compare_runs(runs))
-    return 0
+    return run_cli(lambda: print(compare_runs(runs)))
 
 
 if __name__ == "__main__":

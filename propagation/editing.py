@@ -107,13 +107,6 @@ def perturb_gradient(opts, scene, renderer, rng):
     write_renders(pert_dir, train_rgb[None], out["depth"].reshape(1, h, w).cpu(), out["disp"].reshape(1, h, w).cpu(),
                   scene.near, scene.far)
 
-    base = [{key: v.cpu() for key, v in render_rgb(renderer, test_cams.image_rays(k, dev), chunk, edit.noisy).items()}
-            for k in range(len(test_cams))]
-    base_rgb = torch.stack([b["rgb"].reshape(h, w, 3).clamp(0, 1) for b in base])
-    write_renders(os.path.join(save_dir, "unperturbed_test"), base_rgb,
-                  torch.stack([b["depth"].reshape(h, w) for b in base]),
-                  torch.stack([b["disp"].reshape(h, w) for b in base]), scene.near, scene.far)
-
     jac, _ = pixel_jacobians(renderer, train_rays[torch.as_tensor(pix, device=dev)], edit.noisy, None, chunk)
     rgb8 = to8b(train_rgb.numpy())
     for j, p in enumerate(pix.tolist()):
@@ -127,19 +120,37 @@ def perturb_gradient(opts, scene, renderer, rng):
     edits = [(j, ti) for j in range(n) for ti in range(len(edits_t))]
     group = max(1, GROUP_BYTES // (h * w * 3 * 4))
     dtype = renderer.fine.rgb_linear.weight.dtype
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    base = []            # per test view {rgb, depth, disp} on the CPU, from the first group's renders
+    # one render pass per test view and group of edits gives the unedited view and every edit
+    # of the group (deterministic renders); PNGs are written by the pool while the GPU renders on
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 4))) as pool:
         futures = []
         for g0 in range(0, len(edits), group):
             chunk_edits = edits[g0:g0 + group]
             deltas = torch.stack([jac[j] * edits_t[ti] for j, ti in chunk_edits])          # t * J, float64
             M = perturbation_matrices(deltas, 1.0, edit.colour, dtype=dtype, device=dev)
             for k in range(len(test_cams)):
-                edited = edited_colours(renderer, test_cams.image_rays(k, dev), M, chunk, edit.noisy)   # [D, N, 3]
-                edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).cpu()
+                rays = test_cams.image_rays(k, dev)
+                if edit.noisy:      # the original's training-mode renders: each render its own draw
+                    if g0 == 0:
+                        base.append({key: v.cpu() for key, v in render_rgb(renderer, rays, chunk, True).items()})
+                    edited = edited_colours(renderer, rays, M, chunk, True)
+                else:
+                    edited, unedited = edited_colours_and_view(renderer, rays, M, chunk)
+                    if g0 == 0:
+                        base.append({key: v.to("cpu", non_blocking=True) for key, v in unedited.items()})
+                edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).to("cpu", non_blocking=True)
+                if dev.type == "cuda":
+                    torch.cuda.current_stream(dev).synchronize()   # the non-blocking copies have landed
+                base_k = base[k]["rgb"].reshape(h, w, 3).clamp(0, 1)
                 for i, (j, ti) in enumerate(chunk_edits):
                     folder = f"gradient_{ti}" if edit.t_iter else "gradient"
                     path = os.path.join(save_dir, folder, f"perturbed_test_{j}")
-                    futures.append(pool.submit(write_edit, path, k, edited[i], base_rgb[k], edit.no_abs))
+                    futures.append(pool.submit(write_edit, path, k, edited[i], base_k, edit.no_abs))
+        base_rgb = torch.stack([b["rgb"].reshape(h, w, 3).clamp(0, 1) for b in base])
+        futures.append(pool.submit(write_renders, os.path.join(save_dir, "unperturbed_test"), base_rgb,
+                                   torch.stack([b["depth"].reshape(h, w) for b in base]),
+                                   torch.stack([b["disp"].reshape(h, w) for b in base]), scene.near, scene.far))
         for f in futures:
             f.result()
     seconds = time.perf_counter() - t0
@@ -167,6 +178,21 @@ def edited_colours(renderer, rays, M, chunk, noisy):
         delta = head_colour_deltas(r["fine"], M)                                  # [B, D, 3]
         out[:, i:i + delta.shape[0]] = (r["rgb"][:, None, :] + delta).permute(1, 0, 2)
     return out
+
+
+def edited_colours_and_view(renderer, rays, M, chunk):
+    """(edited colours [D, N, 3] as `edited_colours`, the unedited {rgb, depth, disp} of the rays)
+    from one deterministic render pass."""
+    out = torch.empty(M.shape[0], rays.shape[0], 3, dtype=M.dtype, device=M.device)
+    view = {k: torch.empty(rays.shape[0], *((3,) if k == "rgb" else ()), dtype=M.dtype, device=M.device)
+            for k in ("rgb", "depth", "disp")}
+    for i, r in render_chunks(renderer, rays, chunk):
+        delta = head_colour_deltas(r["fine"], M)                                  # [B, D, 3]
+        b = delta.shape[0]
+        out[:, i:i + b] = (r["rgb"][:, None, :] + delta).permute(1, 0, 2)
+        for k, v in view.items():
+            v[i:i + b] = r[k]
+    return out, view
 
 
 def write_edit(path, k, edited, base, no_abs):

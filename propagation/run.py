@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from datasets.seeds import check_seeds, make_seeds
+from datasets.seed_maps import seed_labels
 from models.checkpoints import apply_checkpoint, load_checkpoint
 from propagation.aggregator import train_aggregator
 from propagation.directions import RuleInputs, choose_directions, gradient_pixel_images
@@ -32,21 +32,6 @@ def restore_checkpoint(path, renderer):
     apply_checkpoint(path, data, renderer)
     renderer.eval()
     return int(data["global_step"])
-
-
-def seed_labels(seed_opts, scene, rng):
-    """(Seeds, labelled-frame indices, evaluation labels of the labelled frames [V, H, W],
-    -1 = unlabelled) of the training labels (instance maps with --test_instance)."""
-    instance = seed_opts.instance
-    scene.eval_labels(scene.train, instance)          # InputError when there are no instance maps
-    labels_train = scene.train.instance if instance else scene.train.semantic
-    labels_test = scene.test.instance if instance else scene.test.semantic
-    colours = None if instance else scene.colour_map
-    seeds = make_seeds(labels_train, seed_opts, rng, train_ids=scene.train.ids, colour_map=colours)
-    present = torch.unique(torch.cat([labels_train.reshape(-1), labels_test.reshape(-1)])).numpy()
-    check_seeds(seeds, present)
-    frames = np.flatnonzero(seeds.mask_ids)
-    return seeds, frames, torch.from_numpy(seeds.labels[frames].astype(np.int64) - 1)
 
 
 def aggregator_targets(labels, label_ids, num_classes):

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from propagation.aggregator import aggregate
 from propagation.postprocess import labels_2d, labels_3d, normalise_per_image, spatial_weights
 from propagation.responses import rerender_responses_2d, view_responses
+from utils.label_outputs import scaled_labels  # noqa: F401  (propagation.run imports it from here)
 
 
 @dataclass
@@ -37,15 +37,6 @@ class TestResult:
     labels: List[torch.Tensor] = field(default_factory=list)     # per view [h, w] int32 (device)
     labels_wo: List[torch.Tensor] = field(default_factory=list)  # plain argmax with an aggregator
     seconds: float = 0.0
-
-
-def scaled_labels(labels, factor):
-    """GT maps [T, H, W] down-scaled by `factor` with nearest neighbours (the original's rule)."""
-    if factor == 1:
-        return labels
-    h, w = labels.shape[-2] // factor, labels.shape[-1] // factor
-    x = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")
-    return x[:, 0].round().long()
 
 
 def _sync(device):

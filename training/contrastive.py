@@ -65,6 +65,54 @@ def adaptive_threshold_scan(sim, tau, n_lower, n_upper, tau_lower, tau_upper, ad
     return taus, tau
 
 
+def adaptive_threshold_scan_device(sim, tau, n_lower, n_upper, tau_lower, tau_upper, adaptive=True):
+    """`adaptive_threshold_scan` on the device, for a CUDA-graph-captured shaping step.
+
+    sim: [N, N] float32 tensor; tau: 0-d float64 tensor holding the threshold in force before
+    anchor 0; it is overwritten in place with the final threshold. Returns taus [N] float64 (the
+    threshold used for each anchor). The same recursion, exactly: with q_lo[a] the n_lower-th
+    and q_hi[a] the (n_upper+1)-th largest similarity of row a (both found for all anchors at
+    once by one sort), k < n_lower <=> float32(tau) >= q_lo[a] and k > n_upper <=>
+    q_hi[a] > float32(tau); then a loop over the anchors of a few scalar device operations,
+    tau kept in float64 and moved by exactly +-0.001 as the host's Python float
+    (tests/test_graphs.py compares the two bit for bit)."""
+    n = sim.shape[0]
+    if not adaptive:
+        return tau.reshape(1).expand(n).clone()
+    desc = torch.sort(sim.to(torch.float32), dim=1, descending=True).values
+    inf = torch.full((n,), float("inf"), dtype=torch.float32, device=sim.device)
+    q_lo = desc[:, n_lower - 1] if 1 <= n_lower <= n else (inf if n_lower < 1 else -inf)
+    q_hi = desc[:, n_upper] if 0 <= n_upper < n else (-inf if n_upper >= n else inf)
+    # bounds that cannot be met compare against +-inf: k < n_lower is never true for n_lower <= 0
+    # and always for n_lower > N; k > n_upper never for n_upper >= N and always for n_upper < 0
+    cur = tau.reshape(()).clone()
+    taus = []
+    for a in range(n):
+        taus.append(cur)
+        t32 = cur.to(torch.float32)
+        down = (t32 >= q_lo[a]) & (cur > tau_lower)
+        up = (q_hi[a] > t32) & (cur < tau_upper)
+        cur = torch.where(down, cur - 0.001, torch.where(up, cur + 0.001, cur))
+    tau.copy_(cur.reshape(tau.shape))
+    return torch.stack(taus)
+
+
+def threshold_masks_device(sim, taus, pos_order=False):
+    """`threshold_masks` on device tensors (sim [N, N] float32, taus [N] float64): (pos, neg)."""
+    if pos_order:
+        raise NotImplementedError("--pos_order is not on the device path")
+    cond = sim > taus.to(torch.float32)[:, None]
+    return cond, ~cond
+
+
+def label_masks_device(labels, void=0):
+    """`label_masks` (without --pos_order) on a device tensor of labels [N]: (pos, neg)."""
+    known = labels != void
+    both = known[:, None] & known[None, :]
+    same = labels[:, None] == labels[None, :]
+    return same & both, ~same & both
+
+
 def threshold_masks(sim, taus, extra=None, pos_order=False):
     """(pos, neg) bool [N, N] for descriptor supervision: cond = sim > tau_a (and extra);
     pos = cond (the anchor itself included) or, with --pos_order, only the most similar ray

@@ -14,16 +14,26 @@ test_psnr, test_psnr_per_view, seconds.
 Departure from the original: `--resume` continues at the checkpoint's step + 1 (with its Adam
 state, ray-stream position, random states and shaping threshold), where the original repeats
 the saved step. Without `--resume` a checkpoint only supplies the weights and the run starts at
-step 0 (the paper's fine-tune). docs/SHAPING.md lists the shaping departures.
+step 0 (the paper's fine-tune). A resumed checkpoint at the last step (a run interrupted after it)
+only does the final render and writes metrics.json. docs/SHAPING.md lists the shaping departures.
+
+Before the loop: label supervision whose seed labels are all void is refused, and a warning is
+printed when the projected checkpoints exceed the free space of save_dir's disk
+(docs/RELIABILITY.md).
 """
+import dataclasses
 import os
+import shutil
+import sys
 import time
 
-from models.checkpoints import apply_checkpoint, load_checkpoint
+from datasets.seeds import frame_advice
+from models.checkpoints import apply_checkpoint, checkpoint_steps, load_checkpoint
 from models.render_views import render_views
 from training.shaping import build_shaper
 from training.trainer import Trainer
 from utils.atomic import write_json_atomic
+from utils.errors import InputError
 from utils.metrics import to_jsonable
 
 
@@ -34,13 +44,17 @@ def train(opts, scene, renderer, rng):
     shaper, frames = None, None
     if opts.shaping is not None:
         shaper, frames = build_shaper(opts, scene, renderer, rng)
+        check_label_supervision(opts, shaper)
     trainer = Trainer(opts.train, scene, renderer, opts.save_dir, shaper=shaper, frames=frames, seed=opts.seed,
                       test_viz_factor=opts.test_viz_factor)
     if opts.ckpt_path:
         trainer.restore(opts.ckpt_path, opts.resume)
-    if trainer.start > trainer.n_iters:
-        print(f"[jnerf] checkpoint is at step {trainer.start - 1} >= N_iters {trainer.n_iters}: nothing to do")
+    if trainer.start > trainer.n_iters + 1:
+        print(f"[jnerf] checkpoint is at step {trainer.start - 1} > N_iters {trainer.n_iters}: nothing to do")
         return None
+    if trainer.start == trainer.n_iters + 1:     # e.g. interrupted after its last step: the final render only
+        print(f"[jnerf] checkpoint is at the last step {trainer.n_iters}: rendering the test views")
+    warn_checkpoint_space(trainer)
     result = trainer.fit()
     result["seconds_per_step"] = result["seconds"] / max(1, result["steps"])
     metrics = dict(mode="shape" if shaper is not None else "train", test_views=len(scene.test),
@@ -51,6 +65,46 @@ def train(opts, scene, renderer, rng):
     write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
     print(f"[jnerf] {result['steps']} steps in {result['seconds']:.1f} s; test PSNR {result['test_psnr']:.2f} dB")
     return metrics
+
+
+def check_label_supervision(opts, shaper):
+    """Label supervision whose seed labels are all void would shape with no anchors: refuse it."""
+    labels = shaper.labels
+    if labels is None or bool((labels > 0).any()):
+        return
+    raise InputError("label supervision (--sample_semantic/--from_label/--sample_alter): the seed labels of the "
+                     "training frames hold no labelled pixel (only void); "
+                     + frame_advice(dataclasses.asdict(opts.seeds)))
+
+
+def projected_checkpoints(trainer):
+    """(count, bytes of one) of the checkpoints the run will write from trainer.start on (with
+    --keep_ckpts: the most kept at once). One checkpoint: the size of an existing one in save_dir,
+    else weights + two Adam moments."""
+    every = trainer.opts.logging.step_save_ckpt
+    start, end = trainer.start, trainer.n_iters
+    count = max(0, end // every - (start - 1) // every) + (1 if end % every else 0)
+    if trainer.opts.keep_ckpts:
+        count = min(count, trainer.opts.keep_ckpts + 1)
+    existing = checkpoint_steps(trainer.save_dir)
+    if existing:
+        size = os.path.getsize(existing[max(existing)])
+    else:
+        size = 3 * sum(p.numel() * p.element_size() for p in trainer.optimizer.param_groups[0]["params"])
+    return count, size
+
+
+def warn_checkpoint_space(trainer):
+    """Warn (stderr) when the projected checkpoints exceed the free space of save_dir's disk."""
+    count, size = projected_checkpoints(trainer)
+    free = shutil.disk_usage(trainer.save_dir).free
+    if count * size > free:
+        gb = 1024 ** 3
+        print(f"warning: {count} checkpoints of {size / 1024 ** 2:.1f} MiB ({count * size / gb:.2f} GiB) will not "
+              f"fit in the {free / gb:.2f} GiB free on the disk of {trainer.save_dir}; keep fewer with "
+              "--keep_ckpts N or save less often (logging.step_save_ckpt in the YAML config)",
+              file=sys.stderr, flush=True)
+    return count * size, free
 
 
 def render_only(opts, scene, renderer):

@@ -21,11 +21,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from datasets.dino_io import gather_cells
 from datasets.seeds import make_seeds
 from models.jacobians import PARAMETER_SUBSETS, jacobian_size, ray_jacobians, sample_points
 from models.rendering import FineSamples
-from training.contrastive import (adaptive_threshold_scan, info_nce, label_masks, norm_loss, pair_similarity,
-                                  supervision_features, threshold_masks)
+from training.contrastive import (adaptive_threshold_scan, adaptive_threshold_scan_device, info_nce, label_masks,
+                                  label_masks_device, norm_loss, pair_similarity, supervision_features,
+                                  threshold_masks, threshold_masks_device)
 from utils.errors import InputError, NotSupportedError
 
 
@@ -41,12 +43,29 @@ class Shaper:
     def __init__(self, opts, renderer, store=None, labels=None, rgb=None, nocs_box=None):
         self.opts = opts
         self.store, self.labels, self.rgb, self.nocs_box = store, labels, rgb, nocs_box
+        self._tau_dev = None              # the threshold as a device tensor once `to_device` ran
+        self._pos_ratio_dev = None
+        self._dev_store = self._dev_labels = None
         self.tau = self.initial_tau = opts.pos_threshold
         self.nocs_tau = opts.nocs_pos_threshold
         self.P = jacobian_size(renderer.fine, opts.subset)
         self.steps = 0
         self._last = {}
         self._pos_ratio_sum = 0.0
+
+    @property
+    def tau(self):
+        """The threshold in force (a Python float; read from the device when the device path
+        keeps it: one sync, used by checkpoints and summaries only)."""
+        if self._tau_dev is not None:
+            return float(self._tau_dev)
+        return self._tau
+
+    @tau.setter
+    def tau(self, value):
+        self._tau = float(value)
+        if self._tau_dev is not None:
+            self._tau_dev.fill_(self._tau)
 
     @property
     def mode(self):
@@ -111,10 +130,81 @@ class Shaper:
     def summary(self):
         """metrics.json's `shaping` entry."""
         last = {k.split("/")[-1]: float(v) for k, v in self._last.items()}
+        ratio_sum = self._pos_ratio_sum + (float(self._pos_ratio_dev) if self._pos_ratio_dev is not None else 0.0)
         return dict(supervision=self.mode, jacobian=self.opts.target, parameters=self.opts.subset,
                     jacobian_size=self.P, shaping_steps=self.steps, pos_threshold_initial=self.initial_tau,
                     pos_threshold_final=self.tau,
-                    mean_pos_ratio=self._pos_ratio_sum / max(1, self.steps), last=last)
+                    mean_pos_ratio=ratio_sum / max(1, self.steps), last=last)
+
+    # -- the device path (the CUDA-graph-captured step of training/graphs.py) -----------------
+    def device_reason(self):
+        """None when `device_loss` covers these options, else why not (the step then stays eager)."""
+        o = self.opts
+        if self.mode == "alternate":
+            return "--sample_alter switches the supervision between steps"
+        if o.random_channel:
+            return "--random_channel draws its channels from the CPU generator"
+        if self.nocs_box is not None or o.spatial is not None or o.concat_color:
+            return "--render_nocs / --spatial / --concat_color build the features on the host"
+        if o.pos_order:
+            return "--pos_order"
+        if self.mode == "features" and self.store is None:
+            return "no descriptors"
+        return None
+
+    def supervision_bytes(self):
+        """Bytes of the supervision that `to_device` copies to the device."""
+        data = self.store.grids if self.mode == "features" else self.labels
+        return data.numel() * data.element_size()
+
+    def to_device(self, device):
+        """Device copies of the supervision and of the threshold state, for `device_loss`."""
+        if self.mode == "features":
+            self._dev_store = DeviceDescriptors(self.store, device)
+        else:
+            self._dev_labels = self.labels.to(device)
+        tau = self.tau
+        self._tau_dev = torch.tensor(tau, dtype=torch.float64, device=device)
+        self._pos_ratio_dev = torch.zeros((), dtype=torch.float64, device=device)
+
+    def note_device_step(self, logs):
+        """Host bookkeeping of one shaping step run on the device (each graph replay)."""
+        self.steps += 1
+        self._last = logs
+
+    def device_loss(self, renderer, out, batch, step):
+        """`loss` with everything on the device and no host sync: the supervision gathered from
+        device copies (`to_device`), the threshold scan as device operations
+        (training.contrastive.adaptive_threshold_scan_device), the masks on the device. batch
+        carries device index tensors. Same values as `loss` (tests/test_graphs.py)."""
+        o = self.opts
+        rays = batch.rays
+        n = rays.shape[0]
+        jac = self.jacobians(renderer, out, rays, None)
+        if self.supervision(step) == "labels":
+            pos, neg = label_masks_device(self._dev_labels[batch.frame, batch.v, batch.u])
+        else:
+            f = supervision_features(self._dev_store.gather(batch.frame, batch.v, batch.u))
+            sim = float32_matmul(f, f.T)
+            taus = adaptive_threshold_scan_device(
+                sim, self._tau_dev, int(o.pos_ratio_lower * n), int(o.pos_ratio_upper * n), o.pos_threshold_lower,
+                o.pos_threshold_upper, adaptive=o.adaptive_threshold and not o.pos_order)
+            pos, neg = threshold_masks_device(sim, taus)
+        sim_j, norms = pair_similarity(jac, o.dot_product, o.absolute)
+        nce, _ = info_nce(sim_j, pos, neg)
+        grad_loss = norm_loss(norms) if o.norm_loss else torch.zeros((), dtype=nce.dtype, device=rays.device)
+        total = o.wgt_contrastive * nce + o.wgt_gradient * grad_loss
+        pos_ratio = pos.sum(dtype=torch.float64) / (n * n)
+        self._pos_ratio_dev.add_(pos_ratio)
+        logs = {"Train/Loss/contrastive_loss": nce.detach(),
+                "Train/Loss/weighted_total_contrastive_loss": o.wgt_contrastive * nce.detach(),
+                "Train/Loss/gradient_loss": grad_loss.detach(),
+                "Train/Loss/weighted_total_gradient_loss": o.wgt_gradient * grad_loss.detach(),
+                "Train/Gradient/gradient_norm": norms.detach().mean(),
+                "Train/Shaping/pos_threshold": self._tau_dev,
+                "Train/Shaping/pos_ratio": pos_ratio,
+                "Train/Shaping/anchors": (pos.any(1) & neg.any(1)).sum(dtype=torch.float64)}
+        return total, logs
 
     # -- pieces -------------------------------------------------------------------------------
     def jacobians(self, renderer, out, rays, channel=None):
@@ -169,6 +259,34 @@ class Shaper:
         pts, _ = sample_points(rays, fine.z)
         centre, extent = (torch.as_tensor(t, dtype=pts.dtype, device=pts.device) for t in self.nocs_box)
         return torch.sum(fine.weights.detach()[..., None] * (pts - centre) / extent, dim=-2).float()
+
+
+def float32_matmul(a, b):
+    """a @ b in full float32 (TF32 off on CUDA for this product: similarities near the threshold
+    must compare as the host's float32 product does)."""
+    if not a.is_cuda:
+        return a @ b
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return a @ b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+class DeviceDescriptors:
+    """A device copy of a datasets.dino_io.DescriptorStore (its grids, float16 stays float16, and
+    its up-sampling tables) whose `gather` takes device index tensors and computes the store's
+    formula there (the same float32 operations in the same order)."""
+
+    def __init__(self, store, device):
+        self.grids = store.grids.to(device)
+        self._rows = tuple(t.to(device) for t in store._rows)
+        self._cols = tuple(t.to(device) for t in store._cols)
+
+    def gather(self, frame, v, u):
+        """Descriptors [B, D] float32 at pixels (frame[b], v[b], u[b]) (device long tensors)."""
+        return gather_cells(self.grids, self._rows, self._cols, frame, v, u)
 
 
 # ----------------------------------------------------------------------------------------------

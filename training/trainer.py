@@ -7,7 +7,18 @@ lr <- lrate * 0.1^(s / lrate_decay) (so step s runs with the rate set after step
 Checkpoints every `logging.step_save_ckpt` steps (step 0 included) and at the last step,
 renders of the train/test views every `step_vis_train` / `step_val` steps, and a final test
 render with PSNR.
+
+Faults (docs/RELIABILITY.md): a non-finite loss or weight stops the run with `Diverged` ("loss
+became NaN at step N; last good checkpoint: PATH"), and no checkpoint is written with a
+non-finite weight or optimizer state (checked before every save). The loss is watched by
+`FiniteGuard` without a host sync per step on CUDA: each step adds two tiny device ops that
+record the first non-finite step, and the recorded step is read (one sync) only at the
+progress-bar refresh (every max(step_log_print, 20) steps, which syncs anyway) and before every
+save; on the CPU it is read every step (no sync there). Ctrl-C / SIGTERM during the loop finish
+the current step, save a checkpoint at it and raise `Interrupted` (a second Ctrl-C stops at
+once). --keep_ckpts removes older checkpoints after each save.
 """
+import math
 import os
 import random
 import time
@@ -16,10 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoints import EXTRA_KEY, apply_checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_path, load_checkpoint, named_tensors,
+                                non_finite_tensor, prune_checkpoints, save_checkpoint)
 from models.render_views import render_views
 from training.batching import RayBatcher
+from training.graphs import FastStep, fast_step_reason
 from training.tb_logger import TBLogger
+from utils.rundir import Diverged, Interrupted, StopSignals
 
 
 def build_optimizer(renderer, lrate, fix_density=False):
@@ -81,6 +95,42 @@ def _to_cpu(obj):
     return obj
 
 
+class FiniteGuard:
+    """The first step whose loss was not finite. On CUDA the check stays on the device (no host
+    sync per step) until `first_non_finite()` is called; elsewhere each `record` checks at once
+    (`deferred` forces either way)."""
+
+    def __init__(self, device, deferred=None):
+        self.on_device = device.type == "cuda" if deferred is None else deferred
+        self.first = None                          # (step, value) once found
+        if self.on_device:
+            self._step = torch.full((), -1, dtype=torch.long, device=device)
+            self._value = torch.zeros((), dtype=torch.float64, device=device)
+
+    def record(self, step, loss):
+        """Note `loss` (a 0-d tensor) of `step`; returns True when a non-finite loss is known."""
+        if self.first is not None:
+            return True
+        loss = loss.detach()
+        if not self.on_device:
+            value = float(loss)
+            if not math.isfinite(value):
+                self.first = (step, value)
+            return self.first is not None
+        new = ~torch.isfinite(loss) & (self._step < 0)
+        self._step.copy_(torch.where(new, step, self._step))
+        self._value.copy_(torch.where(new, loss.to(torch.float64), self._value))
+        return False
+
+    def first_non_finite(self):
+        """(step, loss value) of the first non-finite loss, or None (one sync on CUDA)."""
+        if self.first is None and self.on_device:
+            step = int(self._step)
+            if step >= 0:
+                self.first = (step, float(self._value))
+        return self.first
+
+
 class Trainer:
     """Fits `renderer` to the training views of `scene` under `train` (utils.options.TrainOptions).
 
@@ -106,12 +156,16 @@ class Trainer:
         self.log = log
         self.logger = None   # created by fit(), so a run that fails while loading writes no events
         self.start = 0
+        self.guard = FiniteGuard(self.device)
+        self.last_good = None   # the last checkpoint known to be finite: the loaded one, then each save
+        self.final_step = self.n_iters
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
         """Load weights; with `resume` also the optimizer, step and sampler/random state."""
         data = load_checkpoint(ckpt_path, map_location=self.device)
         apply_checkpoint(ckpt_path, data, self.renderer, self.optimizer if resume else None)
+        self.last_good = ckpt_path
         # the checkpoint is mapped to the training device, but RNG states must be CPU ByteTensors
         extra = _to_cpu(data.get(EXTRA_KEY) or {})
         if self.shaper is not None and "shaper" in extra:
@@ -132,13 +186,75 @@ class Trainer:
         return extra
 
     def save(self, step):
-        return save_checkpoint(checkpoint_path(self.save_dir, step), step, self.renderer, self.optimizer,
+        """Checkpoint at `step`, once the loss so far and every weight and optimizer-state tensor
+        are finite (`Diverged` otherwise); then --keep_ckpts prunes the older ones."""
+        self.check_finite(step)
+        path = save_checkpoint(checkpoint_path(self.save_dir, step), step, self.renderer, self.optimizer,
                                self.extra_state())
+        self.last_good = path
+        if self.opts.keep_ckpts:
+            prune_checkpoints(self.save_dir, self.opts.keep_ckpts, step, self.final_step)
+        return path
+
+    def state_tensors(self):
+        """(name, tensor) of every weight and optimizer-state tensor a checkpoint holds."""
+        for net_name, net in (("network_coarse_state_dict", self.renderer.coarse),
+                              ("network_fine_state_dict", self.renderer.fine)):
+            for name, p in net.named_parameters():
+                yield f"{net_name}.{name}", p.detach()
+        yield from named_tensors({i: st for i, st in enumerate(self.optimizer.state.values())},
+                                 "optimizer_state_dict.state")
+
+    def check_finite(self, step, weights=True):
+        """Diverged when a loss up to `step` or (with `weights`) a weight / optimizer-state tensor is
+        not finite."""
+        last = self.last_good or "none"
+        bad = self.guard.first_non_finite()
+        if bad is not None:
+            at, value = bad
+            what = "NaN" if math.isnan(value) else "inf"
+            raise Diverged(f"loss became {what} at step {at}; last good checkpoint: {last} "
+                           "(a lower --lrate may help)")
+        bad = non_finite_tensor(self.state_tensors()) if weights else None
+        if bad is not None:
+            name, count = bad
+            raise Diverged(f"a weight became non-finite by step {step} ({name}: {count} NaN/inf values); "
+                           f"last good checkpoint: {last} (a lower --lrate may help)")
 
     # -- one step ----------------------------------------------------------------------------
+    def learning_rate(self, step):
+        """lr after step `step`: lrate * 0.1^(step / lrate_decay) (the original's schedule)."""
+        return self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
+
+    def apply_update(self, loss, step):
+        """Backward, one Adam step, then the learning rate of the next step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        new_lr = self.learning_rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = new_lr
+
+    def fast_step(self):
+        """The graph-captured step (training.graphs.FastStep) when this run allows one, else None
+        (`fast_reason` says why). Built at the first step, after any restore."""
+        fast = getattr(self, "_fast", None)
+        if fast is None:
+            self.fast_reason = fast_step_reason(self)
+            fast = self._fast = FastStep(self) if self.fast_reason is None else False
+            if fast:
+                print("[jnerf] training step: one CUDA graph per step", flush=True)
+            elif self.device.type == "cuda":
+                print(f"[jnerf] training step: eager ({self.fast_reason})", flush=True)
+        return fast or None
+
     def train_step(self, step):
         """One optimisation step at `step` (the learning-rate update uses it); returns (logs
-        {TensorBoard tag: 0-d tensor or float}, the render's output dict)."""
+        {TensorBoard tag: 0-d tensor or float}, the render's output dict). On CUDA the step is a
+        CUDA-graph replay where the configuration allows it (`fast_step`), else eager."""
+        fast = self.fast_step()
+        if fast is not None:
+            return fast(step)
         batch = self.batcher.next()
         shaping = self.shaper is not None and self.shaper.active(step)
         out = self.renderer.render_rays(batch.rays, train=True, keep_fine=shaping)
@@ -152,12 +268,7 @@ class Trainer:
             extra_loss, shaping_logs = self.shaper.loss(self.renderer, out, batch, step)
             loss = loss + extra_loss
             logs.update(shaping_logs)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        new_lr = self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
-        for group in self.optimizer.param_groups:
-            group["lr"] = new_lr
+        self.apply_update(loss, step)
         with torch.no_grad():
             logs.update({"Train/Loss/total_loss": loss.detach(),
                          "Train/Metric/psnr_coarse": mse2psnr(loss_c.detach()),
@@ -168,29 +279,48 @@ class Trainer:
     def fit(self, end=None):
         """Steps self.start .. end (default n_iters) inclusive, then the final test render.
         Returns dict(steps, seconds (the loop, without the final render), final_step, test_psnr,
-        test_psnr_per_view)."""
+        test_psnr_per_view). Raises Diverged on a non-finite loss or weight, Interrupted (with a
+        checkpoint at the current step) on Ctrl-C / SIGTERM."""
         end = self.n_iters if end is None else end
+        self.final_step = end
         every = self.opts.logging
+        check_every = max(every.step_log_print, 20)
         self.logger = TBLogger(os.path.join(self.save_dir, "tfb_logs"), enabled=self.log)
         steps = range(self.start, end + 1)
         bar = tqdm(steps, desc="shaping" if self.shaper else "training", dynamic_ncols=True, mininterval=1.0)
         t0 = time.time()
-        for step in bar:
-            self.renderer.train()
-            logs, out = self.train_step(step)
-            if step % every.step_log_tfb == 0:
-                self.logger.scalars(step, logs)
-                if step % (every.step_log_tfb * 1000) == 0:  # histograms sync: keep them rare
-                    self.logger.histogram(step, "trans_coarse", out["sigma_raw_coarse"])
-                    self.logger.histogram(step, "trans_fine", out["sigma_raw_fine"])
-            if step % max(every.step_log_print, 20) == 0:
-                bar.set_postfix(psnr=f"{float(logs['Train/Metric/psnr_fine']):.2f}", refresh=False)
-            if step % every.step_save_ckpt == 0 or step == end:
-                self.save(step)
-            if step > 0 and step % every.step_vis_train == 0:
-                self.periodic_render(step, "train")
-            if step > 0 and step % every.step_val == 0 and step != end:
-                self.periodic_render(step, "test")
+        try:
+            with StopSignals() as stop:
+                for step in bar:
+                    self.renderer.train()
+                    logs, out = self.train_step(step)
+                    if self.guard.record(step, logs["Train/Loss/total_loss"]):
+                        self.check_finite(step, weights=False)
+                    if step % every.step_log_tfb == 0:
+                        self.logger.scalars(step, logs)
+                        if step % (every.step_log_tfb * 1000) == 0:  # histograms sync: keep them rare
+                            self.logger.histogram(step, "trans_coarse", out["sigma_raw_coarse"])
+                            self.logger.histogram(step, "trans_fine", out["sigma_raw_fine"])
+                    if step % check_every == 0:
+                        self.check_finite(step, weights=False)
+                        bar.set_postfix(psnr=f"{float(logs['Train/Metric/psnr_fine']):.2f}", refresh=False)
+                    saved = None
+                    if step % every.step_save_ckpt == 0 or step == end:
+                        saved = self.save(step)
+                    if step > 0 and step % every.step_vis_train == 0:
+                        self.periodic_render(step, "train")
+                    if step > 0 and step % every.step_val == 0 and step != end:
+                        self.periodic_render(step, "test")
+                    if stop.signum is not None:
+                        raise Interrupted(stop.signum, step, saved or self.save(step))
+        except BaseException:
+            bar.close()
+            try:
+                self.logger.close()
+            except OSError:
+                pass                     # the disk that stopped the run may be full: keep the first error
+            raise
+        bar.close()
         self.logger.flush()
         elapsed = time.time() - t0
         result = self.periodic_render(end, "test")

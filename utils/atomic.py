@@ -1,8 +1,9 @@
 """Write-then-rename: a reader never sees a half-written file under its final name.
 
 Temporary names are `<name>.tmp<pid><suffix>` beside the target (same filesystem, so the rename
-is atomic); a failed write removes its temporary file. `clean_orphans` removes those left by a
-process that was killed mid-write.
+is atomic); a failed write removes its temporary file, and its OSError names the final path
+(`exc.filename`; `utils.rundir.write_failure` turns it into "cannot write PATH: <reason>").
+`clean_orphans` removes the temporary files left by a process that was killed mid-write.
 """
 import contextlib
 import glob
@@ -22,11 +23,15 @@ def atomic_path(path, suffix=""):
     """Yield a temporary path to write to; on success it is renamed to `path`, on error removed.
     `suffix` keeps an extension that a writer dispatches on (e.g. '.mp4')."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tmp = temp_path(path, suffix)
     try:
+        os.makedirs(folder, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or exc.filename == tmp:
+            exc.filename = path            # messages name the file the user knows, not the temporary
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

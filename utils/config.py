@@ -25,7 +25,8 @@ SECTIONS_OVERRIDDEN = ("experiment", "train", "render")
 # YAML keys whose values stay strings even if they look like numbers.
 STRING_KEYS = {"gpu", "scene_file", "save_dir", "dataset_dir", "ckpt_path", "convention", "name"}
 NEW_FLAGS = {"seed", "seed_dir", "N_iters", "noisy_propagation", "agg_steps", "precision", "demo",
-             "sample_step", "weights", "overwrite", "keep_ckpts"}
+             "sample_step", "weights", "overwrite", "keep_ckpts", "semantic_nerf", "semantic_finetune", "wgt_sem",
+             "no_cuda_graph"}
 
 # The original's flag order: the merged sections (and the saved exp_config.yaml) list flags in it.
 FLAG_ORDER = ('config_file', 'test_instance', 'training_mode', 'resume', 'save_dir', 'ckpt_path', 'render_only',
@@ -46,7 +47,7 @@ FLAG_ORDER = ('config_file', 'test_instance', 'training_mode', 'resume', 'save_d
               'sparse_ratio', 'label_map_ids', 'random_sample', 'label_propagation', 'partial_perc',
               'user_click', 'num_click', 'visualise_save', 'load_saved', 'gpu', 'perturb_gradient',
               'seed', 'seed_dir', 'N_iters', 'noisy_propagation', 'agg_steps', 'precision',
-              'sample_step', 'demo')
+              'sample_step', 'demo', 'semantic_nerf', 'semantic_finetune', 'wgt_sem')
 
 
 def _int_like(text):
@@ -84,7 +85,10 @@ def build_parser(dataset_types=("replica", "scannet"), subsets=(), rules=()):
     g("--seed", type=int, default=None, help="seed every random draw; unset = unseeded, as the original")
     g("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16"],
       help="on CUDA: fp32 (unset = fp32); tf32 matmuls; fp16 = tf32 for training plus a float16 engine for "
-           "renders and propagation (docs/PERFORMANCE.md). CPU: always fp32")
+           "renders and propagation (docs/PERFORMANCE.md). CPU: always fp32, the choice is ignored")
+    g("--no_cuda_graph", action="store_true", default=None,
+      help="on CUDA, run every training step eagerly (default: each step is one CUDA-graph replay where the "
+           "configuration allows it; same arithmetic, docs/PERFORMANCE.md)")
     g("--demo", action="store_true", help="run the whole pipeline on the built-in synthetic scene")
 
     g = p.add_argument_group("data").add_argument
@@ -185,6 +189,14 @@ def build_parser(dataset_types=("replica", "scannet"), subsets=(), rules=()):
       help="render propagation in training mode (noise, jitter) like the original; default deterministic")
     g("--perturb_t", type=float, default=0.1, help="step along a direction (propagation and editing)")
 
+    g = p.add_argument_group("Semantic-NeRF baseline: trained on the seeds (docs/SEMANTIC_NERF.md)").add_argument
+    g("--semantic_nerf", action="store_true", default=None,
+      help="train Semantic-NeRF (NeRF + semantic heads, jointly, from scratch) on the seeds, then label the test "
+           "views in 2D and 3D (<save_dir>/semantic_2d, semantic_3d)")
+    g("--semantic_finetune", action="store_true", default=None,
+      help="the cheap protocol: train only the semantic heads on the frozen NeRF of --ckpt_path (implies --semantic_nerf)")
+    g("--wgt_sem", type=float, default=None, help="weight of the label cross-entropy (unset: 4e-2, Semantic-NeRF's)")
+
     g = p.add_argument_group("scene editing along a pixel's gradient").add_argument
     g("--perturb_gradient", action="store_true", help="edit the scene along --N_rays pixels' gradients")
     g("--perturb_r", type=int, default=255, help="red scale of the edit (0..255)")
@@ -250,6 +262,9 @@ def _numify(section, key, value):
 
 def load_yaml_config(path):
     """Read a YAML config and turn arithmetic strings into numbers."""
+    if path and os.path.isdir(path):
+        raise InputError(f"--config_file: {path} is a folder; expected a YAML file such as "
+                         "configs/replica_room0_config.yaml")
     if not path or not os.path.isfile(path):
         raise InputError(f"--config_file: {path!r} does not exist (expected a YAML file such as "
                          "configs/replica_room0_config.yaml)")

@@ -18,7 +18,9 @@ from typing import Mapping, Optional, Sequence, Tuple
 from utils.errors import InputError, NotSupportedError
 
 PROPAGATION_MODES = ("propagate_3d", "perturb_gradient", "propagate_2d")
-MODES = ("train", "shape", "render_only") + PROPAGATION_MODES
+MODES = ("train", "shape", "render_only") + PROPAGATION_MODES + ("semantic_nerf",)
+TRAINING_MODES = ("train", "shape", "semantic_nerf")    # modes that train (N_iters, --resume)
+DEFAULT_WGT_SEM = 4e-2                # Semantic-NeRF's Replica weight of the label loss (models.semantic.WGT_SEM)
 PRECISIONS = ("fp32", "tf32", "fp16")
 CONVENTIONS = ("opencv", "opengl")
 DEFAULT_AGG_STEPS = 200000        # the original's aggregator length
@@ -68,7 +70,7 @@ class ModelOptions:
     netchunk: int = 1024 * 1024           # points per MLP call
     near: float = 0.1                     # ray start
     far: float = 10.0                     # ray end
-    precision: str = "fp32"               # fp32 | tf32 | fp16 (CUDA only)
+    precision: str = "fp32"               # fp32 | tf32 | fp16 (CUDA only; the CPU runs fp32)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class TrainOptions:
     fix_density: bool = False             # freeze alpha_linear of both networks
     load_on_cpu: bool = False             # gather rays from host memory
     keep_ckpts: Optional[int] = None      # keep the newest N checkpoints (+ the final one); None = all
+    cuda_graph: bool = True               # on CUDA, capture the step as a CUDA graph where possible
     logging: LoggingOptions = field(default_factory=LoggingOptions)
 
 
@@ -171,8 +174,16 @@ class EditOptions:
 
 
 @dataclass(frozen=True)
+class SemanticOptions:
+    """The Semantic-NeRF baseline (--semantic_nerf / --semantic_finetune, docs/SEMANTIC_NERF.md);
+    its seeds and label space (--test_instance) are RunOptions.seeds."""
+    protocol: str = "joint"               # joint: NeRF + heads from scratch; finetune: heads on a frozen --ckpt_path
+    wgt_sem: float = DEFAULT_WGT_SEM      # weight of the label cross-entropy (coarse + fine)
+
+
+@dataclass(frozen=True)
 class RunOptions:
-    mode: str                             # train | shape | render_only | propagate_2d | propagate_3d | perturb_gradient
+    mode: str                             # train | shape | render_only | propagate_2d | propagate_3d | perturb_gradient | semantic_nerf
     save_dir: str                         # output folder
     data: DataOptions
     model: ModelOptions
@@ -187,6 +198,7 @@ class RunOptions:
     seeds: Optional[SeedOptions] = None
     propagation: Optional[PropagationOptions] = None
     edit: Optional[EditOptions] = None
+    semantic: Optional[SemanticOptions] = None
     config: Mapping = field(default_factory=dict, compare=False, repr=False)   # the resolved YAML
 
 
@@ -274,10 +286,10 @@ def build_options(config: Mapping, flag_names: Sequence[str], subset_flags: Mapp
         raise InputError("--save_dir is required (the folder for checkpoints, renders and metrics)")
     mode = _mode(exp)
     ckpt_path = exp.raw("ckpt_path")
-    if mode not in ("train", "shape") and not ckpt_path:
+    if mode not in TRAINING_MODES and not ckpt_path:
         raise InputError(f"--{mode} needs --ckpt_path (the original silently starts training instead)")
     resume = exp.flag("resume")
-    if resume and mode not in ("train", "shape"):
+    if resume and mode not in TRAINING_MODES:
         raise InputError(f"--resume continues a training run; it has no meaning with --{mode}")
     overwrite = exp.flag("overwrite")
     if resume and overwrite:
@@ -297,25 +309,36 @@ def build_options(config: Mapping, flag_names: Sequence[str], subset_flags: Mapp
                          f"({data.width}x{data.height})")
 
     seeds = None
-    if mode in ("propagate_2d", "propagate_3d") or (shaping is not None and shaping.supervision != "features") \
+    if mode in ("propagate_2d", "propagate_3d", "semantic_nerf") \
+            or (shaping is not None and shaping.supervision != "features") \
             or (shaping is not None and shaping.unmasked):
         seeds = _seed_options(exp, save_dir, seed)
     propagation = _propagation_options(exp, mode, subset_flags, rule_flags) \
         if mode in ("propagate_2d", "propagate_3d") else None
     edit = _edit_options(exp, ren, subset_flags) if mode == "perturb_gradient" else None
+    semantic = _semantic_options(exp, ckpt_path, resume) if mode == "semantic_nerf" else None
     if exp.flag("load_saved") and exp.flag("visualise_save"):
         raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
 
     return RunOptions(mode=mode, save_dir=str(save_dir), data=data, model=model, train=train,
                       ckpt_path=ckpt_path, resume=resume, overwrite=overwrite, seed=seed, gpu=str(exp.raw("gpu", "") or ""),
                       test_viz_factor=test_viz_factor, shaping=shaping, seeds=seeds, propagation=propagation,
-                      edit=edit, config=config)
+                      edit=edit, semantic=semantic, config=config)
 
 
 def _mode(exp):
     modes = [m for m in ("render_only",) + PROPAGATION_MODES if exp.flag(m)]
+    semantic = [f for f in ("semantic_nerf", "semantic_finetune") if exp.flag(f)]
+    if semantic:
+        modes.append(semantic[0])
     if len(modes) > 1:
         raise InputError(f"choose one of --{', --'.join(modes)} per run")
+    if semantic:
+        shaping = [f for f in SHAPING_FLAGS if exp.flag(f)]
+        if shaping:
+            raise InputError(f"--{semantic[0]} trains the Semantic-NeRF baseline; it cannot be combined with "
+                             f"Jacobi shaping (--{shaping[0]}): run them separately")
+        return "semantic_nerf"
     if modes:
         return modes[0]
     return "shape" if any(exp.flag(f) for f in SHAPING_FLAGS) else "train"
@@ -386,7 +409,7 @@ def _model_options(ren, mod, exp, near, far):
 
 
 def _train_options(exp, ren, tra, log, mode, shaping):
-    n_iters = tra.integer("N_iters", required=mode in ("train", "shape"), minimum=1)
+    n_iters = tra.integer("N_iters", required=mode in TRAINING_MODES, minimum=1)
     unmasked = exp.flag("from_unmasked_only") or (shaping is not None and shaping.unmasked)
     batching = ("fixed" if exp.flag("sample_fixed") else "unmasked" if unmasked
                 else "no_batching" if ren.flag("no_batching") else "batching")
@@ -399,6 +422,7 @@ def _train_options(exp, ren, tra, log, mode, shaping):
         lrate_decay=tra.real("lrate_decay", required=True, positive=True),
         wgt_img=tra.real("wgt_img", 1.0), batching=batching, fix_density=exp.flag("fix_density"),
         load_on_cpu=exp.flag("load_on_cpu"), keep_ckpts=exp.integer("keep_ckpts", minimum=1),
+        cuda_graph=not exp.flag("no_cuda_graph"),
         logging=LoggingOptions(**every))
 
 
@@ -482,6 +506,15 @@ def _seed_options(exp, save_dir, seed):
         partial_perc=exp.real("partial_perc", 0.0, low=0.0, high=100.0), user_click=exp.flag("user_click"),
         num_click=exp.integer("num_click", 3, minimum=1), visualise_save=exp.flag("visualise_save"),
         load_saved=exp.flag("load_saved"), instance=exp.flag("test_instance"), rng_seed=seed)
+
+
+def _semantic_options(exp, ckpt_path, resume):
+    finetune = exp.flag("semantic_finetune")
+    if finetune and not ckpt_path and not resume:
+        raise InputError("--semantic_finetune trains semantic heads on a trained NeRF, frozen: give its checkpoint "
+                         "with --ckpt_path (e.g. a plain NeRF run's <save_dir>/checkpoints/200000.ckpt)")
+    return SemanticOptions(protocol="finetune" if finetune else "joint",
+                           wgt_sem=exp.real("wgt_sem", DEFAULT_WGT_SEM, positive=True))
 
 
 def _require_rgb_layer(exp, mode, subset_flags):

@@ -7,10 +7,24 @@
   continues it (`--resume`) or clears it (`--overwrite`, which keeps the seed folder: seeds are
   inputs a later run reads); a stale `metrics.json` is removed when a run starts (it is written
   again only when the run finishes); temporary files of writes killed mid-way are removed.
+
+A run that has started can still stop on a fault; these are `RunStopped` exceptions that
+`main.py` prints as one line with their own exit code (docs/RELIABILITY.md):
+- `Diverged` (exit 1): a loss or weight became non-finite (`training.trainer`);
+- `WriteFailed` (exit 1): a write failed (disk full, file size limit, read-only folder);
+  `write_failure` turns the OSError into it;
+- `Interrupted` (exit 130 for Ctrl-C, 143 for SIGTERM): the trainer saved a checkpoint at the
+  current step; `resume_command` gives the command that continues the run.
+`StopSignals` turns Ctrl-C / SIGTERM into a request the training loop answers between steps.
 """
+import errno
 import os
+import shlex
 import shutil
+import signal
 import socket
+import sys
+import threading
 
 from utils.atomic import clean_orphans, pid_alive
 from utils.errors import InputError
@@ -122,3 +136,114 @@ def prepare_run_dir(save_dir, resume=False, overwrite=False, keep=("seeds",)):
         path = os.path.join(save_dir, name)
         if os.path.isfile(path):
             os.remove(path)
+
+
+# ---------------------------------------------------------------------------------- faults after the start
+
+class RunStopped(Exception):
+    """A started run stopped on a fault; `exit_code` is the process exit code, the message one line."""
+    exit_code = 1
+    prefix = "error: "
+
+
+class Diverged(RunStopped):
+    """A loss or a weight became non-finite (exit 1)."""
+
+
+class WriteFailed(RunStopped):
+    """A write failed: disk full, file size limit, read-only folder (exit 1)."""
+
+
+class Interrupted(RunStopped):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during training; `checkpoint` holds step `step`."""
+    prefix = ""
+
+    def __init__(self, signum, step, checkpoint):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + int(signum)
+        self.command = None
+        super().__init__(self._text())
+
+    def with_command(self, command):
+        self.command = command
+        self.args = (self._text(),)
+        return self
+
+    def _text(self):
+        name = signal.Signals(self.signum).name
+        text = f"interrupted ({name}) after step {self.step}; checkpoint saved: {self.checkpoint}"
+        return text + (f"; continue with: {self.command}" if self.command else "")
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}
+
+
+def write_failure(exc, last_good, folders=()):
+    """WriteFailed for an OSError raised by a write, or None when `exc` is no write failure (disk
+    full, file too large, read-only or quota anywhere; permission denied under one of `folders`)."""
+    path = exc.filename
+    under = path is not None and any(os.path.abspath(str(path)).startswith(os.path.abspath(f) + os.sep)
+                                     for f in folders if f)
+    if exc.errno not in WRITE_ERRNOS and not (exc.errno in (errno.EACCES, errno.EPERM) and under):
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    return WriteFailed(f"cannot write {path or 'a file'}: {reason} (last good checkpoint: {last_good or 'none'})")
+
+
+# ---------------------------------------------------------------------------------- interrupts
+
+class StopSignals:
+    """`with StopSignals() as stop:` Ctrl-C and SIGTERM set `stop.signum` instead of killing the
+    process, so the training loop can finish its step, save and stop (`stop.signum` is checked
+    between steps). A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread
+    (where handlers cannot be installed) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+def exit_on_sigterm():
+    """SIGTERM raises SystemExit(143) (after one line on stderr), so `with` blocks (the run lock,
+    atomic writes) clean up; the training loop replaces it with `StopSignals` while it runs."""
+    def handler(signum, frame):
+        print("terminated (SIGTERM)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def resume_command(argv, prog="python main.py"):
+    """The command that continues an interrupted run: its flags without --ckpt_path (the latest
+    checkpoint in --save_dir is taken) and --overwrite (it would clear the run), plus --resume."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--overwrite", "--resume"):
+            continue
+        if name == "--ckpt_path":
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return " ".join([prog, shlex.join(out + ["--resume"])])

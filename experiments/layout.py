@@ -1,0 +1,41 @@
+"""Names and folders of a reproduction run (experiments/reproduce.py), shared with its tables
+(experiments/results.py):
+
+    <out_dir>/<scene>/config.yaml, plain/, jnerf/, seeds/
+    <out_dir>/<scene>/<label space>/<regime>/propagate_<dim>_<plain|jnerf>/metrics.json
+    <out_dir>/<scene>/<label space>/<regime>/semantic_<joint|finetune>/semantic_<dim>/metrics.json
+    <out_dir>/results.md, results.json, miou_vs_sparsity.png, timings/process_<i>.json
+"""
+import os
+import re
+
+METHODS = {"plain": "plain NeRF", "jnerf": "JacobiNeRF", "semantic_joint": "Semantic-NeRF (joint)",
+           "semantic_finetune": "Semantic-NeRF (fine-tune)"}
+LABEL_SPACES, DIMS = ("semantic", "instance"), ("2d", "3d")
+METRIC_NAMES = {"miou": "mIoU", "miou_validclass": "mIoU (valid)", "total_accuracy": "acc",
+                "class_average_accuracy": "class acc", "class_average_accuracy_validclass": "class acc (valid)"}
+
+
+def slug(text):
+    """A folder name: letters and digits, the rest '_', lower case."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_").lower() or "x"
+
+
+def scene_dir(out_dir, scene_name):
+    return os.path.join(out_dir, slug(scene_name))
+
+
+def seed_dir(out_dir, scene_name):
+    return os.path.join(scene_dir(out_dir, scene_name), "seeds")
+
+
+def regime_dir(out_dir, scene_name, space, regime_name):
+    return os.path.join(scene_dir(out_dir, scene_name), space, slug(regime_name))
+
+
+def cell_metrics(out_dir, scene_name, space, regime_name, method, dim):
+    """The metrics.json of one table cell (method in METHODS, dim '2d' | '3d')."""
+    base = regime_dir(out_dir, scene_name, space, regime_name)
+    if method in ("plain", "jnerf"):
+        return os.path.join(base, f"propagate_{dim}_{method}", "metrics.json")
+    return os.path.join(base, method, f"semantic_{dim}", "metrics.json")

@@ -1,0 +1,239 @@
+"""The training step as one CUDA graph: plain NeRF and Jacobi shaping (`FastStep`).
+
+`Trainer.train_step` hands its steps to a `FastStep` on CUDA when the configuration allows it
+(`fast_step_reason`). One step is then:
+
+- host: the ray batcher draws the step's pixel indices exactly as in the eager step (a slice of
+  the CPU permutation in the default mode), they go into a pinned ring buffer and one
+  asynchronous copy moves them to a static device buffer; the learning rate in force is written
+  into a device scalar (an asynchronous fill); then one `CUDAGraph.replay()`;
+- device, inside the graph: rays built from the indices and the training poses, the colours
+  gathered from a device copy of the images, the training-mode render (jitter, importance
+  samples and density noise from the default CUDA generator, whose state the graph advances
+  like the eager calls), the losses, on shaping steps `Shaper.device_loss` (descriptors gathered
+  on the device, the threshold scan as device operations, the N x N loss), backward, and Adam as
+  the fused kernel (`torch._fused_adam_`, the kernel of `Adam(fused=True)`) on the optimizer's own
+  state tensors with the device learning rate.
+
+Nothing in the step waits for the device: logs are returned as device scalars (a copy of the
+graph's static log vector) and read by the logger in batches. The first `warmup` steps of each
+kind (plain, shaping) run the same step function eagerly on a side stream (cuBLAS and autograd
+set-up, lazy allocations), then the function is captured once and replayed for every later step.
+
+`FastStep.step_fn` is the function that is captured. On the CPU (tests) it runs uncaptured:
+tests/test_graphs.py checks that it updates the weights as `Trainer.train_step` does, and on
+CUDA that a replay equals the uncaptured function.
+"""
+import torch
+
+from training.batching import Batch
+
+LOG_PLAIN = ("Train/Loss/img_loss_coarse", "Train/Loss/img_loss_fine", "Train/Loss/total_img_loss")
+LOG_TAIL = ("Train/Loss/total_loss", "Train/Metric/psnr_coarse", "Train/Metric/psnr_fine")
+RING = 8                       # pinned index buffers in flight
+DEVICE_FRACTION = 0.25         # device copies of images / descriptors up to this share of free memory
+
+
+def fast_step_reason(trainer):
+    """None when `trainer`'s steps can be graph-captured, else the reason they stay eager."""
+    if trainer.device.type != "cuda":
+        return "not on CUDA"
+    if not getattr(trainer.opts, "cuda_graph", True):
+        return "--no_cuda_graph"
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    if any(p.dtype != torch.float32 for p in params):
+        return "the parameters are not float32"
+    need = 0
+    if trainer.batcher.rgb.device != trainer.device:
+        need += trainer.batcher.rgb.numel() * trainer.batcher.rgb.element_size()
+    if trainer.shaper is not None:
+        reason = trainer.shaper.device_reason()
+        if reason is not None:
+            return f"shaping: {reason}"
+        need += trainer.shaper.supervision_bytes()
+    free, _ = torch.cuda.mem_get_info(trainer.device)
+    if need > DEVICE_FRACTION * free:
+        return (f"the images / descriptors ({need / 2**30:.1f} GiB) would take more than a quarter of the free "
+                "GPU memory")
+    return None
+
+
+def img2mse(x, y):
+    """training.trainer.img2mse (trainer imports this module, so it is repeated here; the
+    equality test of the two steps covers both)."""
+    return torch.mean((x - y) ** 2)
+
+
+def mse2psnr(mse):
+    """training.trainer.mse2psnr."""
+    return -10.0 * torch.log10(mse)
+
+
+def _log_vector(logs):
+    """The step's 0-d log tensors stacked into one float64 vector (one static graph output)."""
+    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in logs.values()])
+
+
+class FastStep:
+    """Steps of `trainer` (training.trainer.Trainer) through `step_fn`, captured as CUDA graphs
+    when `capture` (default: on CUDA)."""
+
+    def __init__(self, trainer, capture=None, warmup=3):
+        t = self.trainer = trainer
+        dev = self.device = trainer.device
+        self.capture = dev.type == "cuda" if capture is None else capture
+        self.warmup = warmup
+        self.params = [p for g in t.optimizer.param_groups for p in g["params"]]
+        group = t.optimizer.param_groups[0]
+        self.beta1, self.beta2 = group["betas"]
+        self.eps, self.weight_decay = group["eps"], group["weight_decay"]
+        if group.get("amsgrad") or group.get("maximize") or len(t.optimizer.param_groups) != 1:
+            raise ValueError("FastStep needs one plain Adam parameter group")
+        self._init_adam_state()
+        n = t.batcher.n
+        self.lr = torch.zeros((), dtype=torch.float32, device=dev)
+        self.idx = torch.zeros(3, n, dtype=torch.long, device=dev)
+        pin = dev.type == "cuda"
+        self.ring = [torch.zeros(3, n, dtype=torch.long).pin_memory() if pin else torch.zeros(3, n, dtype=torch.long)
+                     for _ in range(RING if pin else 1)]
+        self.events = [torch.cuda.Event() if pin else None for _ in self.ring]
+        self.k = 0
+        t.renderer.capture_safe = True        # compositing without the host check in cumprod's backward
+        self.rgb = t.batcher.rgb.to(dev)
+        if t.shaper is not None:
+            t.shaper.to_device(dev)
+        self.grads = None
+        self.runs = {}            # kind -> eager runs so far
+        self.graphs = {}          # kind -> (CUDAGraph, logs vector, out dict, log keys)
+
+    def _init_adam_state(self):
+        """The optimizer's state as Adam(fused=True) creates it, where it does not exist yet."""
+        opt = self.trainer.optimizer
+        for p in self.params:
+            st = opt.state[p]
+            if len(st) == 0:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif st["step"].device != p.device:
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+        self.state_token = [id(opt.state[p]["exp_avg"]) for p in self.params]
+        self.exp_avgs = [opt.state[p]["exp_avg"] for p in self.params]
+        self.exp_avg_sqs = [opt.state[p]["exp_avg_sq"] for p in self.params]
+        self.steps = [opt.state[p]["step"] for p in self.params]
+
+    # -- the captured function ----------------------------------------------------------------
+    def batch(self):
+        """The step's Batch from the static index buffer (all on the device)."""
+        frame, v, u = self.idx[0], self.idx[1], self.idx[2]
+        rays = self.trainer.batcher.ray_batch(frame, v, u)
+        return Batch(rays, self.rgb[frame, v, u], frame, v, u)
+
+    def step_fn(self, step, shaping):
+        """One training step from the static buffers (indices, lr): the function that is captured.
+        Returns (logs vector [K] float64, log keys, render output dict). `step` only selects the
+        supervision of --sample_alter-free shaping, which does not depend on it."""
+        t = self.trainer
+        batch = self.batch()
+        out = t.renderer.render_rays(batch.rays, train=True, keep_fine=shaping)
+        loss_c = img2mse(out["rgb_coarse"], batch.rgb)
+        loss_f = img2mse(out["rgb"], batch.rgb)
+        img_loss = loss_c + loss_f
+        loss = t.opts.wgt_img * img_loss
+        logs = dict(zip(LOG_PLAIN, (loss_c, loss_f, img_loss)))
+        if shaping:
+            extra, shaping_logs = t.shaper.device_loss(t.renderer, out, batch, step)
+            loss = loss + extra
+            logs.update(shaping_logs)
+        if self.grads is None:
+            for p in self.params:
+                p.grad = None
+        else:
+            torch._foreach_zero_(self.grads)
+        loss.backward()
+        if self.grads is None:
+            if any(p.grad is None for p in self.params):
+                raise RuntimeError("a parameter received no gradient")
+            self.grads = [p.grad for p in self.params]
+        torch._foreach_add_(self.steps, 1)
+        torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps, lr=self.lr,
+                           beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps,
+                           amsgrad=False, maximize=False)
+        with torch.no_grad():
+            logs.update(zip(LOG_TAIL, (loss.detach(), mse2psnr(loss_c.detach()), mse2psnr(loss_f.detach()))))
+            vec = _log_vector(logs)
+        return vec, tuple(logs), out
+
+    # -- host side of a step ------------------------------------------------------------------
+    def _load_indices(self, frame, v, u):
+        slot = self.k % len(self.ring)
+        self.k += 1
+        buf = self.ring[slot]
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()      # the copy from this slot RING steps ago is done
+        buf[0].copy_(frame)
+        buf[1].copy_(v)
+        buf[2].copy_(u)
+        self.idx.copy_(buf, non_blocking=True)
+        if self.events[slot] is not None:
+            self.events[slot].record()
+
+    def _check_state(self):
+        """Rebuild the state references if the optimizer state was replaced (e.g. a restore)."""
+        opt = self.trainer.optimizer
+        if [id(opt.state[p].get("exp_avg")) for p in self.params] != self.state_token:
+            self.graphs.clear()
+            self._init_adam_state()
+        if self.grads is not None:
+            for p, g in zip(self.params, self.grads):
+                if p.grad is not g:          # an eager step in between set the grads to None
+                    p.grad = g
+
+    def __call__(self, step):
+        """Run training step `step`; returns (logs {tag: 0-d device tensor}, render output dict)."""
+        t = self.trainer
+        shaping = t.shaper is not None and t.shaper.active(step)
+        frame, pix = t.batcher._indices()
+        self._load_indices(frame, pix // t.batcher.W, pix % t.batcher.W)
+        self._check_state()
+        group = t.optimizer.param_groups[0]
+        self.lr.fill_(float(group["lr"]))
+        if shaping in self.graphs:
+            graph, vec, keys, out = self.graphs[shaping]
+            graph.replay()
+        elif not self.capture or self.runs.get(shaping, 0) < self.warmup:
+            vec, keys, out = self._eager(step, shaping)
+            self.runs[shaping] = self.runs.get(shaping, 0) + 1
+        else:
+            graph, vec, keys, out = self._capture(step, shaping)
+            graph.replay()
+        new_lr = t.learning_rate(step)
+        for g in t.optimizer.param_groups:
+            g["lr"] = new_lr
+        copy = vec.clone()
+        logs = {k: copy[i] for i, k in enumerate(keys)}
+        if shaping:
+            t.shaper.note_device_step({k: logs[k] for k in keys[len(LOG_PLAIN):len(keys) - len(LOG_TAIL)]})
+        return logs, out
+
+    def _eager(self, step, shaping):
+        if not self.capture:
+            return self.step_fn(step, shaping)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            res = self.step_fn(step, shaping)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return res
+
+    def _capture(self, step, shaping):
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                vec, keys, out = self.step_fn(step, shaping)
+        except RuntimeError as exc:
+            raise RuntimeError(f"capturing the training step as a CUDA graph failed ({exc}); "
+                               "run with --no_cuda_graph") from exc
+        self.graphs[shaping] = (graph, vec, keys, out)
+        return self.graphs[shaping]

@@ -1,0 +1,133 @@
+"""What a label-map evaluation writes (label propagation and the Semantic-NeRF baseline alike):
+label PNGs, colourised maps, error maps, a video, metrics; and the shared evaluation pieces
+(the confusion restricted to the seeded classes, class names, colours, down-scaled GT maps).
+Below training/ and propagation/ so both use one definition (`propagation/outputs.py` re-exports).
+
+Per test view i (2D into <save_dir>/, 3D into <save_dir>/test_render/, as the original):
+- `<i>_label<sfx>.png`      label ids in the evaluation space (valid classes 0..C'-1), uint8
+                            (uint16 when an id exceeds 255);
+- `<i>_vis_label<sfx>.png`  the colourised label map, in RGB order;
+- `<i>_error_map<sfx>.png`  255 where the label differs from the ground truth on non-void
+                            pixels (utils.colormaps.error_map);
+- 3D only: `<i>_gt_label.png`  the ground truth in the same encoding, void = 255 (65535 for
+                            uint16);
+plus `vis_label<sfx>.mp4`. sfx = '' for the result, '_wo' for the plain argmax when an
+aggregator was trained. PNGs are written by a thread pool after the timed propagation.
+docs/PROPAGATION.md, decision 16, lists how the original's files differ.
+"""
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.atomic import write_json_atomic, write_text_atomic
+from utils.colormaps import colourise_labels, error_map, label_colormap
+from utils.image_io import write_png, write_video
+from utils.metrics import ConfusionAccumulator, metrics_table_markdown, to_jsonable
+
+
+def seed_class_confusion(num_classes, given, device):
+    """A ConfusionAccumulator (on `device`) of test labels against the ground truth restricted to
+    the seeded classes `given`: GT pixels that are void or of another class are ignored, and the
+    valid-class means run over the given classes."""
+    given_mask = np.isin(np.arange(int(num_classes)), np.asarray(given))
+    return ConfusionAccumulator(num_classes, ignore_labels=(-1, *np.flatnonzero(~given_mask).tolist()),
+                                class_mask=given_mask, device=device)
+
+
+def scaled_labels(labels, factor):
+    """GT maps [T, H, W] down-scaled by `factor` with nearest neighbours (the original's rule)."""
+    if factor == 1:
+        return labels
+    h, w = labels.shape[-2] // factor, labels.shape[-1] // factor
+    x = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")
+    return x[:, 0].round().long()
+
+
+def valid_colour_map(scene, instance=False):
+    """[C', 3] uint8 colours of the evaluation labels 0..C'-1 (void excluded)."""
+    if instance:
+        n = len(scene.instance_classes) if scene.instance_classes is not None else 256
+        return label_colormap(n)[1:]
+    if scene.colour_map is not None and len(scene.colour_map) >= scene.num_classes:
+        return np.asarray(scene.colour_map, dtype=np.uint8)[1:]
+    return label_colormap(scene.num_classes)[1:]
+
+
+def class_names(scene, instance=False):
+    """Names of the evaluation labels: '<name> (<raw id>)' when the dataset has scene_info.json
+    (the synthetic room), else the raw id."""
+    if instance:
+        ids = scene.instance_classes[1:] if scene.instance_classes is not None else []
+        return [f"instance {int(i)}" for i in ids]
+    names = {}
+    info = os.path.join(scene.root or "", "scene_info.json")
+    if scene.root and os.path.isfile(info):
+        try:
+            with open(info) as f:
+                names = {int(k): v for k, v in json.load(f).get("classes", {}).items()}
+        except (ValueError, OSError):
+            names = {}
+    out = []
+    for raw in np.asarray(scene.semantic_classes)[1:]:
+        out.append(f"{names[int(raw)]} ({int(raw)})" if int(raw) in names else str(int(raw)))
+    return out
+
+
+def _encoding(num_classes):
+    return (np.uint8, 255) if num_classes <= 255 else (np.uint16, 65535)
+
+
+def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, workers=4, video=True):
+    """Write the per-view files of label maps `labels` [T, H, W] (numpy ints, evaluation ids)
+    against `gt` [T, H, W] (evaluation ids, -1 void). Returns the list of written paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    dtype, void_code = _encoding(len(colours))
+    vis_frames = [None] * len(labels)
+
+    def one(i):
+        lab = labels[i]
+        paths = [os.path.join(out_dir, f"{i}_label{suffix}.png")]
+        write_png(paths[-1], lab.astype(dtype))
+        vis = colourise_labels(lab, colours)
+        vis_frames[i] = vis
+        paths.append(os.path.join(out_dir, f"{i}_vis_label{suffix}.png"))
+        write_png(paths[-1], vis)
+        paths.append(os.path.join(out_dir, f"{i}_error_map{suffix}.png"))
+        write_png(paths[-1], error_map(lab, gt[i]))
+        if write_gt:
+            g = np.where(gt[i] >= 0, gt[i], void_code).astype(dtype)
+            paths.append(os.path.join(out_dir, f"{i}_gt_label.png"))
+            write_png(paths[-1], g)
+        return paths
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        written = [p for ps in pool.map(one, range(len(labels))) for p in ps]
+    if video and len(vis_frames):
+        path = os.path.join(out_dir, f"vis_label{suffix}.mp4")
+        if write_video(path, vis_frames):
+            written.append(path)
+    return written
+
+
+def finish_metrics(save_dir, metrics, wo=None, names=None, title="propagation"):
+    """Write metrics.json (NaN as null) and metrics.md (a row for the plain-argmax result too
+    when there is one), each atomically; return the Markdown table."""
+    if wo is not None:
+        metrics["without_aggregator"] = wo
+    write_json_atomic(os.path.join(save_dir, "metrics.json"), to_jsonable(metrics))
+    rows = {title: metrics} if wo is None else {f"{title} (aggregator)": metrics, f"{title} (argmax, _wo)": wo}
+    table = metrics_table_markdown(rows, names)
+    write_text_atomic(os.path.join(save_dir, "metrics.md"), f"# {title}\n\n" + table)
+    return table
+
+
+def summary_line(m):
+    def pct(x):
+        x = to_jsonable(x)
+        return "n/a" if x is None else f"{100 * x:.2f}"
+    return (f"mIoU {pct(m['miou'])} | mIoU (valid classes) {pct(m['miou_validclass'])} | total acc "
+            f"{pct(m['total_accuracy'])} | class-avg acc {pct(m['class_average_accuracy'])}")
