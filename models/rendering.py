@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.rays import unpack_rays
-from models.samplers import sample_pdf, stratified_z
+from models.samplers import fine_z, stratified_z
 
 
 @dataclass
@@ -184,10 +184,7 @@ class Renderer(nn.Module):
             w_c = composite_weights(sigma_c, z, dir_norm, noise, generator, self.capture_safe)
             comp_c = Composite(None, torch.sum(w_c * z, dim=-1), w_c.sum(-1), w_c)
 
-        z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
-        z_imp = sample_pdf(z_mid, comp_c.weights[..., 1:-1], o.n_importance,
-                           deterministic=not jitter, generator=generator)
-        z_fine, _ = torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)
+        z_fine = fine_z(z, comp_c.weights, o.n_importance, not jitter, generator)
         pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
         out_f = self.run_field(self.fine, pts, viewdirs, features=keep_fine)
         comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,

@@ -39,3 +39,12 @@ def sample_pdf(bins, weights, n, deterministic, generator=None):
     denom = torch.where(denom < 1e-5, torch.ones_like(denom), denom)
     t = (u - cdf_b) / denom
     return (bin_b + t * (bin_a - bin_b)).detach()
+
+
+def fine_z(z, weights, n_importance, deterministic, generator=None):
+    """Depths of the fine pass [B, S + n_importance], sorted: the coarse depths z [B, S] plus
+    n_importance inverse-CDF samples of the coarse weights [B, S] between the mid-points of z (the
+    two end weights left out, as the original). The coarse depths are detached."""
+    z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
+    z_imp = sample_pdf(z_mid, weights[..., 1:-1], n_importance, deterministic=deterministic, generator=generator)
+    return torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)[0]

@@ -33,7 +33,7 @@ from torch import nn
 
 from models.rays import unpack_rays
 from models.rendering import composite, composite_weights, disparity
-from models.samplers import sample_pdf, stratified_z
+from models.samplers import fine_z, stratified_z
 
 # Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
 WGT_SEM = 4e-2
@@ -147,9 +147,7 @@ def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=
     else:
         w_c, out_rgb_c = composite_weights(sigma_c, z, dir_norm, noise, generator), None
 
-    z_mid = 0.5 * (z[..., 1:] + z[..., :-1])
-    z_imp = sample_pdf(z_mid, w_c[..., 1:-1], o.n_importance, deterministic=not jitter, generator=generator)
-    z_fine, _ = torch.sort(torch.cat((z.detach(), z_imp), dim=-1), dim=-1)
+    z_fine = fine_z(z, w_c, o.n_importance, not jitter, generator)
     pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
     sigma_f, rgb_f, s_f = _field(renderer, renderer.fine, head_f, pts, viewdirs, colour)
     if colour:
