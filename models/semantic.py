@@ -123,6 +123,14 @@ def _field(renderer, net, head, pts, viewdirs, colour):
     return sigma, rgb, head(h.to(head.semantic_linear[1].weight.dtype))
 
 
+def _composite(rgb_logits, sigma_raw, z, dir_norm, noise, white_bkgd, generator):
+    """(weights [B, S], colour [B, 3] or None when rgb_logits is None: no colour head was run)."""
+    if rgb_logits is None:
+        return composite_weights(sigma_raw, z, dir_norm, noise, generator), None
+    comp = composite(rgb_logits, sigma_raw, z, dir_norm, noise, white_bkgd, generator)
+    return comp.weights, comp.rgb
+
+
 def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=False, generator=None):
     """Render rays [B, 11] coarse + fine with semantic logits (module doc). heads: (coarse head,
     fine head). Training mode: stratified jitter, random importance samples and density noise, as
@@ -141,20 +149,12 @@ def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=
     z = stratified_z(near, far, o.n_samples, jitter, generator)
     pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
     sigma_c, rgb_c, s_c = _field(renderer, renderer.coarse, head_c, pts, viewdirs, colour)
-    if colour:
-        comp_c = composite(rgb_c, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
-        w_c, out_rgb_c = comp_c.weights, comp_c.rgb
-    else:
-        w_c, out_rgb_c = composite_weights(sigma_c, z, dir_norm, noise, generator), None
+    w_c, out_rgb_c = _composite(rgb_c, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
 
     z_fine = fine_z(z, w_c, o.n_importance, not jitter, generator)
     pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
     sigma_f, rgb_f, s_f = _field(renderer, renderer.fine, head_f, pts, viewdirs, colour)
-    if colour:
-        comp_f = composite(rgb_f, sigma_f, z_fine, dir_norm, noise, o.white_bkgd, generator)
-        w_f, out_rgb_f = comp_f.weights, comp_f.rgb
-    else:
-        w_f, out_rgb_f = composite_weights(sigma_f, z_fine, dir_norm, noise, generator), None
+    w_f, out_rgb_f = _composite(rgb_f, sigma_f, z_fine, dir_norm, noise, o.white_bkgd, generator)
     depth, acc = torch.sum(w_f * z_fine, dim=-1), w_f.sum(-1)
     out = dict(logits=render_logits(w_f, s_f), logits_coarse=render_logits(w_c, s_c), rgb=out_rgb_f,
                rgb_coarse=out_rgb_c, depth=depth, acc=acc, disp=disparity(depth, acc),
