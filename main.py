@@ -64,7 +64,7 @@ def configure_device(opts):
     device = select_device(opts.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        tf32 = opts.model.precision in ("tf32", "fp16")
+        tf32 = opts.model.precision in ("tf32", "fp16", "mixed")
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return device

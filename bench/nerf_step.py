@@ -1,7 +1,7 @@
 """Time a plain NeRF training step and a 320x240 view render; optionally compare PSNR per precision.
 
     python bench/nerf_step.py                    # fp32 / tf32 / bf16, eager and CUDA graph (CPU: fp32)
-    python bench/nerf_step.py --variants tf32:graph,bf16:graph
+    python bench/nerf_step.py --variants tf32:graph,mixed:graph,bf16:graph
     python bench/nerf_step.py --psnr_steps 1000 --data ROOM --psnr_precisions bf16,fp32 --psnr_seeds 0,1
 
 The network and sampling are the original's (8x256, 64 + 128 samples, 1024 rays). Prints one
@@ -63,11 +63,12 @@ def bf16_switch(renderer, precision, device):
 
 def time_step(device, precision, steps, warmup, graph=True):
     """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16);
+    mixed = --precision mixed (float16 training passes with the loss scale, the float16 engine);
     bf16 = fp16 plus bfloat16 training passes (the renderer switch; not a --precision choice).
     graph: the CUDA-graph step (else --no_cuda_graph).
     The step time is the mean over `steps` consecutive steps with one sync at the end (the
     graphed step never waits for the device, so per-step syncs would measure latency instead)."""
-    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16", "mixed")
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", cli_precision(precision)] + ([] if graph else ["--no_cuda_graph"]))
         scene = random_scene()
@@ -100,7 +101,7 @@ def psnr_run(device, precision, steps, data_dir, seed=0, view_step=6, both=True)
     `data_dir`, seed `seed`; render every `view_step`-th test view with the model's own engine
     (float32 for fp32/tf32, the float16 engine for bf16/fp16) and with the float32 engine.
     Returns (PSNR own engine, seconds, PSNR float32 engine, max |rgb difference| between them)."""
-    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16", "mixed")
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", cli_precision(precision), "--seed", str(seed)])
         data = replace(opts.data, dataset_dir=data_dir, width=320, height=240)

@@ -16,9 +16,13 @@ Stages (each one `python main.py ...` in a child process, as a user runs them):
   perturb  `--perturb_gradient --N_rays 1` (180 test views; not in the README's pipeline)
 
 Projection to the README's lengths (200k plain steps, 10k shaping steps, 200k aggregator steps):
-stage wall time + (full steps - run steps) x measured seconds per step (metrics.json:
-seconds_per_step for training, timings.aggregator / agg_steps for the dense runs). The projected
-pipeline is plain + shape + the four propagation commands.
+stage wall time + (full steps - run steps) x steady seconds per step (`project`). The wall time
+already holds each stage's fixed costs (start-up, warm-up, CUDA-graph capture, renders) once; only
+the missing steps are added, at the rate measured after warm-up, from the stage's metrics.json:
+steady_seconds_per_step for training (seconds_per_step, which includes the fixed costs, when a
+metrics file lacks it) and aggregator.steady_seconds_per_step for the dense runs (the graph
+replays; timings.aggregator / agg_steps in older files). The projected pipeline is the sum of
+plain, shape and the four propagation commands.
 
 The descriptors are synthetic and cheap (the generator's DINO-like descriptors take seconds per
 frame): per training frame an 89 x 119 x 384 grid of a class direction (from the frame's labels,
@@ -103,6 +107,33 @@ def run_stage(name, argv, log_dir, timeout):
         except subprocess.TimeoutExpired:
             rc = "timeout"
     return rc, time.time() - t0
+
+
+def project(wall, run_steps, full_steps, rate):
+    """Wall time at full length: the run's wall time (its fixed costs counted once) plus the steps
+    it did not run at the steady `rate` (seconds per step)."""
+    return wall + (full_steps - run_steps) * rate
+
+
+def training_rate(m):
+    """Steady seconds per training step of a metrics.json (after warm-up and graph capture);
+    seconds_per_step (fixed costs spread over the steps: an overestimate) in older files."""
+    rate = m.get("steady_seconds_per_step")
+    return m["seconds_per_step"] if rate is None else rate
+
+
+def aggregator_rate(m, agg_steps):
+    """(steps run, steady seconds per step) of a dense run's aggregator, or None without one.
+    Older metrics files lack the steady rate: the stage's aggregator time over its steps."""
+    agg = m.get("aggregator") or {}
+    steps = agg.get("steps", agg_steps)
+    rate = agg.get("steady_seconds_per_step")
+    if rate is None:
+        total = m.get("timings", {}).get("aggregator")
+        if not total or not steps:
+            return None
+        rate = total / steps
+    return steps, rate
 
 
 def metrics(save_dir):
@@ -194,16 +225,17 @@ def main():
         m = metrics(os.path.join(W, dirs[name] + T))
         row = dict(rc=rc, wall=wall, metrics=m)
         if name in ("plain", "shape") and m:
-            full = FULL[name]
-            row["rate"] = f"{1e3 * m['seconds_per_step']:.2f} ms/step"
-            row["projected"] = wall + (full - m["steps"]) * m["seconds_per_step"]
+            rate = training_rate(m)
+            row["rate"] = f"{1e3 * rate:.2f} ms/step"
+            row["projected"] = project(wall, m["steps"], FULL[name], rate)
             row["quality"] = f"test PSNR {m['test_psnr']:.2f} dB" + (
                 f", tau {m['shaping']['pos_threshold_final']:.3f}" if name == "shape" else "")
         elif m and name != "perturb":
             t = m.get("timings", {})
-            agg = t.get("aggregator", 0.0)
-            row["rate"] = f"{1e3 * t.get('test_views', 0) / max(1, m.get('test_views', 1)):.0f} ms/view"
-            row["projected"] = wall + (agg / a.agg_steps * (FULL["agg"] - a.agg_steps) if agg else 0.0)
+            agg = aggregator_rate(m, a.agg_steps)
+            row["rate"] = f"{1e3 * t.get('test_views', 0) / max(1, m.get('test_views', 1)):.0f} ms/view" + (
+                f", aggregator {1e3 * agg[1]:.3f} ms/step" if agg else "")
+            row["projected"] = project(wall, agg[0], FULL["agg"], agg[1]) if agg else wall
             row["quality"] = f"mIoU {100 * (m.get('miou') or 0):.2f} %"
         elif m:
             row["rate"] = f"{1e3 * m['seconds'] / max(1, m['test_views']):.0f} ms/view"

@@ -44,6 +44,48 @@ class InferenceOptions:
     compose_head: bool = True   # alpha + feature_linear + views_linears.0 as one 256 -> 129 GEMM
 
 
+def _bias_grad(gu):
+    """Column sums of gu [M, N] as a matrix-vector product: PyTorch's sum over dim 0 of a tall
+    matrix ran at a fraction of the memory bandwidth (a third of a float16 training step's
+    time went to these sums); a GEMV reads gu once at full speed."""
+    return gu.t().mv(gu.new_ones(gu.shape[0]))
+
+
+class _Linear(torch.autograd.Function):
+    """x W^T + b with autograd (`relu`: the bias and ReLU in the GEMM's epilogue, one write of the
+    activation instead of three). Backward is autograd's for the eager ops: dL/du = dL/dy where
+    y > 0 with the ReLU (y is saved, as ReLU saves it), the two GEMMs, and the bias gradient as
+    a GEMV (`_bias_grad`). Slow twin: [F.relu](F.linear(x, W, b)) (tests/test_loss_scale.py)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, relu):
+        x2 = x.reshape(-1, x.shape[-1])
+        flat = torch._addmm_activation(bias, x2, weight.t()) if relu else torch.addmm(bias, x2, weight.t())
+        ctx.relu = relu
+        ctx.save_for_backward(x, weight, flat if relu else None)
+        return flat.reshape(*x.shape[:-1], flat.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        gu = grad.reshape(-1, grad.shape[-1])
+        if ctx.relu:
+            gu = torch.ops.aten.threshold_backward(gu, y, 0)
+        gx = (gu @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        gw = gu.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        gb = _bias_grad(gu) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+def linear_train(x, weight, bias, fused, relu=False):
+    """[relu](x W^T + b) with autograd; fused: `_Linear` (epilogue ReLU, GEMV bias gradient;
+    training on CUDA), else the eager ops."""
+    if fused:
+        return _Linear.apply(x, weight, bias, relu)
+    y = F.linear(x, weight, bias)
+    return F.relu(y) if relu else y
+
+
 def linear_relu(x, layer, fused=False):
     """relu(x W^T + b) for x [..., in]. fused: one GEMM with the bias and ReLU in its epilogue
     (cuBLASLt on CUDA), so the activation is written once instead of three times (what bounds
@@ -54,11 +96,43 @@ def linear_relu(x, layer, fused=False):
     return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
 
+# How the layer before a skip writes into the skip buffer (`_relu_linear_into`): None picks by
+# device ("copy" on CUDA, "direct" elsewhere); "direct" / "copy" force one (to measure both).
+_SKIP_WRITE = None
+
+
+def _relu_linear_into(out, x, weight, bias, direct):
+    """out[:] = relu(x W^T + b) without autograd, `out` a column block of a wider row-major
+    buffer (the skip input [gamma(x), h] built in place instead of concatenated).
+    direct: the GEMM writes the block itself (ldc = the buffer's width); right where the ReLU is
+    a separate pass anyway (CPU). Else the fused GEMM writes a contiguous temporary and one copy
+    moves it: on CUDA the cuBLASLt bias+ReLU epilogue needs a contiguous result (ATen's
+    isInputCompliesAddmmCudaLt), and a strided out= falls back to a bias broadcast-copy, a
+    beta=1 GEMM and an in-place ReLU, 5 passes over the block instead of 3."""
+    if direct:
+        torch._addmm_activation(bias, x, weight.t(), out=out)
+    else:
+        out.copy_(torch._addmm_activation(bias, x, weight.t()))
+
+
+def _linear_n8(x, weight, bias):
+    """x W^T + b for x [M, K] without autograd, W's rows and b zero-padded to a multiple of 8
+    outputs and the padding sliced off (a view with that row stride): cuBLAS sent the unaligned
+    N = W/2 + 1 = 129 of the composed head (and rgb_linear's 3) to a slow kernel (21.6 of a
+    122 ms float16 render). The kept outputs are the same sums; the added ones are zeros."""
+    n = weight.shape[0]
+    pad = (-n) % 8
+    return torch.addmm(F.pad(bias, (0, pad)), x, F.pad(weight, (0, 0, 0, pad)).t())[:, :n]
+
+
 class NeRF(nn.Module):
     def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,), inference=InferenceOptions()):
         super().__init__()
         self.D, self.W = D, W
         self.inference = inference      # fast paths of no-autograd passes (not part of the state dict)
+        # passes with autograd: every layer as `_Linear` (bias+ReLU epilogue, GEMV bias gradient).
+        # None: on CUDA only (the CPU keeps the eager pair, so CPU results do not move); True/False: always/never
+        self.train_epilogue = None
         self.input_ch, self.input_ch_views = input_ch, input_ch_views
         self.skips = tuple(skips)
         self.pts_linears = nn.ModuleList(
@@ -73,55 +147,82 @@ class NeRF(nn.Module):
         """Whether this pass takes the fused inference paths: no autograd, batched input."""
         return self.inference.fused and not torch.is_grad_enabled() and x.dim() >= 2
 
+    def _epilogue(self, x):
+        """Whether a pass with autograd takes the fused-epilogue layers (`train_epilogue`)."""
+        return torch.is_grad_enabled() and (x.is_cuda if self.train_epilogue is None else self.train_epilogue)
+
     def trunk(self, x_enc):
         """W-d trunk features [..., W] of encoded positions [..., input_ch]."""
         fast = self._fast(x_enc)
         if (fast and self.inference.pad_k) or x_enc.dtype != self.pts_linears[0].weight.dtype:
             return self._trunk_padded(x_enc)   # (the half engine always takes this path)
+        epilogue = self._epilogue(x_enc)
         h = x_enc
         for i, layer in enumerate(self.pts_linears):
-            h = linear_relu(h, layer, fast)
+            h = (linear_train(h, layer.weight, layer.bias, True, relu=True) if epilogue
+                 else linear_relu(h, layer, fast))
             if i in self.skips:
                 h = torch.cat((x_enc, h), dim=-1)
         return h
 
     def _trunk_padded(self, x_enc):
-        """The trunk without autograd, with the position input zero-padded to a multiple of 8
-        channels (and the weights' matching columns zero-padded): K = 63 and 319 leave cuBLAS's
-        tensor-core kernels unaligned. The padded products are the same sums plus zeros."""
-        c, dt = self.input_ch, x_enc.dtype
-        pad = (-c) % 8
-        x = F.pad(x_enc.reshape(-1, c), (0, pad))
-        h = x
+        """The trunk without autograd, in x_enc's dtype (the half engine's, or the parameters'):
+        fused GEMM+bias+ReLU layers on weights cast to it.
+
+        Alignment: K = 63 and 319 leave cuBLAS's tensor-core kernels unaligned, so the position
+        input is zero-padded to pad_c = 64 channels (and the weights' matching columns): the
+        same sums plus zeros.
+        Skips without concatenation: one buffer [M, pad_c + W] holds [gamma(x), 0, h]. The
+        encoded input is copied into it once (it is also layer 0's padded input, read in place),
+        the layer before a skip writes its activation into the last W columns
+        (`_relu_linear_into`), and the layer after reads the whole buffer as its K = pad_c + W
+        input. This replaces an F.pad of the input and a [M, pad_c + W] torch.cat per skip."""
+        c, W, dt = self.input_ch, self.W, x_enc.dtype
+        pad_c = c + (-c) % 8
+        last = len(self.pts_linears) - 1
+        x = x_enc.reshape(-1, c)
+        buf = x.new_empty((x.shape[0], pad_c + (W if self.skips else 0)))
+        buf[:, :c] = x
+        buf[:, c:pad_c] = 0       # zero weights times uninitialised memory could give NaN
+        direct = (_SKIP_WRITE or ("copy" if buf.is_cuda else "direct")) == "direct"
+        h = buf[:, :pad_c]
         for i, layer in enumerate(self.pts_linears):
             w = layer.weight.to(dt)
             if i == 0:
-                w = F.pad(w, (0, pad))
+                w = F.pad(w, (0, pad_c - c))
             elif i - 1 in self.skips:
-                w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
-            h = torch._addmm_activation(layer.bias.to(dt), h, w.t())
-            if i in self.skips:
-                h = torch.cat((x, h), dim=-1)
+                w = torch.cat((F.pad(w[:, :c], (0, pad_c - c)), w[:, c:]), dim=1)
+            if i in self.skips and i < last:
+                # after a skip (consecutive skips) the input is the buffer itself: no in-place write
+                _relu_linear_into(buf[:, pad_c:], h, w, layer.bias.to(dt), direct and h is not buf)
+                h = buf
+            else:
+                h = torch._addmm_activation(layer.bias.to(dt), h, w.t())
+        if last in self.skips:    # as the layered trunk (no head takes this width)
+            h = torch.cat((x, h), dim=-1)
         return h.reshape(*x_enc.shape[:-1], h.shape[-1])
 
     def _composed_head(self, h, view_term):
         """(sigma_raw, logits, h128) without autograd: feature_linear has no activation, so
         views_linears.0 after it is one affine map of h; stacked with alpha_linear that is a
-        single 256 -> 129 GEMM instead of three. Equal to the layered head up to rounding."""
-        W, dt = self.W, h.dtype
+        single 256 -> 129 GEMM instead of three. It and rgb_linear run with their outputs
+        zero-padded to a multiple of 8 (`_linear_n8`); sigma_raw and logits are strided views
+        into the padded results. Equal to the layered head up to rounding."""
+        W, H, dt = self.W, self.W // 2, h.dtype
         v = self.views_linears[0]
         vf = v.weight[:, :W]
         # composed in the weights' precision, then cast once to the activations' (half engine)
         weight = torch.cat((vf @ self.feature_linear.weight, self.alpha_linear.weight), dim=0).to(dt)
         bias = torch.cat((vf @ self.feature_linear.bias + v.bias, self.alpha_linear.bias)).to(dt)
-        y = torch.addmm(bias, h.reshape(-1, W), weight.t()).reshape(*h.shape[:-1], W // 2 + 1)
-        h128 = F.relu(y[..., :W // 2] + view_term.to(dt))
-        logits = F.linear(h128, self.rgb_linear.weight.to(dt), self.rgb_linear.bias.to(dt))
-        return y[..., W // 2], logits, h128
+        y = _linear_n8(h.reshape(-1, W), weight, bias).reshape(*h.shape[:-1], H + 1)
+        h128 = F.relu(y[..., :H] + view_term.to(dt))
+        r = self.rgb_linear
+        logits = _linear_n8(h128.reshape(-1, H), r.weight.to(dt), r.bias.to(dt))
+        return y[..., H], logits.reshape(*h128.shape[:-1], logits.shape[-1]), h128
 
     def forward_mixed(self, x_enc, d_enc, dtype, features=True):
-        """`forward` with autograd in a lower precision `dtype` (bf16 training, Renderer.train_dtype;
-        withheld from --precision, docs/PERFORMANCE.md): every
+        """`forward` with autograd in a lower precision `dtype` (Renderer.train_dtype: float16 for
+        --precision mixed, bfloat16 in the benchmarks): every
         affine layer runs on `dtype` casts of the float32 master weights (gradients reach them in
         float32 through the casts), activations stay in `dtype`, and the outputs are cast back to
         float32 for compositing, losses and Jacobians (the rgb_linear inputs only with `features`;
@@ -131,6 +232,7 @@ class NeRF(nn.Module):
         rounding of `dtype` (tests/test_precision.py)."""
         c, W = self.input_ch, self.W
         pad = (-c) % 8
+        epilogue = self._epilogue(x_enc)
         x = F.pad(x_enc.to(dtype), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
@@ -139,27 +241,27 @@ class NeRF(nn.Module):
                 w = F.pad(w, (0, pad))
             elif i - 1 in self.skips:
                 w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
-            h = F.relu(F.linear(h, w.to(dtype), layer.bias.to(dtype)))
+            h = linear_train(h, w.to(dtype), layer.bias.to(dtype), epilogue, relu=True)
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)
-        sigma_raw = F.linear(h, self.alpha_linear.weight.to(dtype), self.alpha_linear.bias.to(dtype))[..., 0]
-        feature = F.linear(h, self.feature_linear.weight.to(dtype), self.feature_linear.bias.to(dtype))
-        v = self.views_linears[0]
-        view_term = F.linear(d_enc.to(dtype), v.weight[:, W:].to(dtype))
-        h128 = F.relu(F.linear(feature, v.weight[:, :W].to(dtype), v.bias.to(dtype)) + view_term)
-        logits = F.linear(h128, self.rgb_linear.weight.to(dtype), self.rgb_linear.bias.to(dtype))
+        a = self.alpha_linear
+        sigma_raw = linear_train(h, a.weight.to(dtype), a.bias.to(dtype), epilogue)[..., 0]
+        view_term = F.linear(d_enc.to(dtype), self.views_linears[0].weight[:, W:].to(dtype))
+        logits, h128 = self.head(h, view_term, epilogue, dtype)
         return FieldOutput(logits.float(), sigma_raw.float(), h128.float() if features else None)
 
     def view_bias(self, d_enc):
         """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
         return F.linear(d_enc, self.views_linears[0].weight[:, self.W:])
 
-    def head(self, h, view_term):
-        """Colour logits and rgb_linear input from trunk features and a precomputed view term."""
-        v = self.views_linears[0]
-        feature = self.feature_linear(h)
-        h128 = F.relu(F.linear(feature, v.weight[:, :self.W], v.bias) + view_term)
-        return self.rgb_linear(h128), h128
+    def head(self, h, view_term, fused=False, dtype=None):
+        """Colour logits and rgb_linear input from trunk features and a precomputed view term.
+        fused: the layers as `_Linear` (training on CUDA); dtype: weights cast to it (forward_mixed)."""
+        v, W = self.views_linears[0], self.W
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        feature = linear_train(h, cast(self.feature_linear.weight), cast(self.feature_linear.bias), fused)
+        h128 = F.relu(linear_train(feature, cast(v.weight[:, :W]), cast(v.bias), fused) + view_term)
+        return linear_train(h128, cast(self.rgb_linear.weight), cast(self.rgb_linear.bias), fused), h128
 
     def forward(self, x_enc, d_enc):
         """x_enc [..., S, input_ch]; d_enc broadcastable to [..., S, input_ch_views] (e.g. [R, 1, 27]).
@@ -171,8 +273,10 @@ class NeRF(nn.Module):
         if self._fast(h) and (self.inference.compose_head or h.dtype != self.rgb_linear.weight.dtype):
             sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
             return FieldOutput(logits, sigma_raw, h128)
-        sigma_raw = self.alpha_linear(h)[..., 0]
-        logits, h128 = self.head(h, self.view_bias(d_enc))
+        epilogue = self._epilogue(h)
+        a = self.alpha_linear
+        sigma_raw = linear_train(h, a.weight, a.bias, epilogue)[..., 0]
+        logits, h128 = self.head(h, self.view_bias(d_enc), epilogue)
         return FieldOutput(logits, sigma_raw, h128)
 
     def density(self, x_enc):

@@ -33,6 +33,14 @@ class RenderOptions:
     netchunk: int = 1024 * 1024   # points per network call
 
 
+# Points per network call of a pass without autograd on the CPU: the activation block of a call
+# (points x width x 4 bytes) kept near a core's cache. The configs' netchunk (2^18 points) suits a
+# GPU; on a 2-core CPU it made every layer stream through memory and a render 2x slower
+# (docs/PERFORMANCE.md). Chunking changes no value beyond GEMM rounding; training keeps netchunk
+# (its results stay bit-for-bit those of one call per netchunk).
+CPU_CALL_BYTES = 2 << 20
+
+
 class Composite(NamedTuple):
     rgb: torch.Tensor       # [B, 3]
     depth: torch.Tensor     # [B]
@@ -111,10 +119,10 @@ class Renderer(nn.Module):
         # inference engine (no-autograd passes only: image renders, propagation); the networks'
         # outputs are cast back, so compositing and responses stay in float32 (--precision fp16).
         self.inference_dtype = None
-        # None: passes with autograd (training) run in the parameters' dtype. torch.bfloat16: they
-        # run NeRF.forward_mixed (bf16 activations, float32 master weights, float32 outputs). Not
-        # a --precision choice: withheld until it passes the precision check (docs/PERFORMANCE.md);
-        # the benchmarks set it directly.
+        # None: passes with autograd (training) run in the parameters' dtype. torch.float16
+        # (--precision mixed; the trainer adds a loss scale) or torch.bfloat16 (benchmarks only:
+        # withheld, it failed the precision check, docs/PERFORMANCE.md): they run
+        # NeRF.forward_mixed (16-bit activations, float32 master weights, float32 outputs).
         self.train_dtype = None
         # True: compositing uses a cumprod whose backward never syncs with the host (set by the
         # graph-captured training step, training/graphs.py); same values.
@@ -131,12 +139,20 @@ class Renderer(nn.Module):
         return self.inference_dtype
 
     # -- network evaluation in point chunks --------------------------------------------------
+    def rays_per_call(self, net, samples):
+        """Rays per network call for `samples` samples per ray: netchunk points, capped on the CPU
+        without autograd (CPU_CALL_BYTES)."""
+        points = self.opts.netchunk
+        if not torch.is_grad_enabled() and self.device.type == "cpu":
+            points = min(points, max(1024, CPU_CALL_BYTES // (4 * net.W)))
+        return max(1, points // samples)
+
     def run_field(self, net, pts, viewdirs, features=True):
         """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call.
         features=False: rgb_features may be None (image renders need only colour and density, and
         skipping the [B, S, W/2] output saves a memory pass per chunk on the half engine)."""
         d_enc = self.dir_enc(viewdirs)[:, None, :]
-        per_call = max(1, self.opts.netchunk // pts.shape[1])
+        per_call = self.rays_per_call(net, pts.shape[1])
         dt = self._engine_dtype()
         mixed = self.train_dtype is not None and torch.is_grad_enabled()
 
@@ -155,8 +171,8 @@ class Renderer(nn.Module):
 
     # -- one batch of rays ------------------------------------------------------------------
     def run_density(self, net, pts):
-        """Raw density of pts [B, S, 3], at most netchunk points a call."""
-        per_call = max(1, self.opts.netchunk // pts.shape[1])
+        """Raw density of pts [B, S, 3], at most netchunk points a call (`rays_per_call`)."""
+        per_call = self.rays_per_call(net, pts.shape[1])
         dt = self._engine_dtype() or pts.dtype
         return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]).to(dt)).to(pts.dtype)
                           for i in range(0, pts.shape[0], per_call)], 0)

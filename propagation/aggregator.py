@@ -8,8 +8,10 @@ step i the lr becomes 1e-3 * 0.1^(i / 500000); loss = mean cross-entropy over th
 pixels; `steps` steps (--agg_steps), each on one response set drawn uniformly at random, full
 batch. Only labelled pixels enter the batch (ignored pixels add nothing to the loss or its
 gradient); the set choices are drawn up front; on CUDA the steps run as CUDA graphs of 100 steps
-each (step counter, set choice and lr schedule on the device, Adam `capturable`). docs/
-PROPAGATION.md, decision 14, compares this with the original's loop.
+each (step counter, set choice and lr schedule on the device, fused Adam reading its lr from a
+device tensor) and the layers as models.nerf's `_Linear` (bias+ReLU in the GEMM epilogue, bias
+gradient as a GEMV); the CPU runs the eager ops. docs/PROPAGATION.md, decision 14, compares this
+with the original's loop.
 """
 import time
 
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from models.nerf import linear_train
 
 LRATE = 1e-3
 LRATE_DECAY = 500e3
@@ -34,7 +38,12 @@ class ResponseAggregator(nn.Module):
         self.output_linear = nn.Linear(W // 2, num_class)
 
     def forward(self, x):
-        return self.output_linear(self.input_linear(x))
+        # CUDA: `_Linear` (epilogue bias+ReLU, GEMV bias gradient); the CPU keeps the eager ops
+        # (F.linear, F.relu: the same calls as the nn modules, so CPU results do not move)
+        fused = x.is_cuda
+        for block in self.input_linear:
+            x = linear_train(x, block[0].weight, block[0].bias, fused, relu=True)
+        return linear_train(x, self.output_linear.weight, self.output_linear.bias, fused)
 
 
 def cross_entropy(logits, y):
@@ -56,8 +65,14 @@ def train_aggregator(sets, targets, num_class, steps, rng=None, device=None, pro
 
     sets: [J, N, L_in] float tensor (J response sets of the same N pixels); targets: [N] long,
     label index or -1 (ignored). Returns (model in eval mode, dict(final_loss, steps, seconds,
-    pixels, graphed)). graphed: run blocks of steps as CUDA graphs (default: on CUDA); the steps
-    are the same operations, only launched without per-step Python overhead.
+    pixels, graphed, setup_seconds, steady_seconds_per_step)). graphed: run blocks of steps as
+    CUDA graphs (default: on CUDA); the steps are the same operations, only launched without
+    per-step Python overhead.
+
+    Timing for projections to other lengths (seconds ~ setup_seconds + later steps x rate):
+    setup_seconds is everything before the steady phase (graphed: warm-up steps and capture, up to
+    the first replay; eager: the first few steps), synchronized; steady_seconds_per_step is the
+    mean over the steady phase only (graphed: the replays; eager: the remaining steps).
     """
     device = torch.device(device) if device is not None else sets.device
     keep = targets >= 0
@@ -68,26 +83,39 @@ def train_aggregator(sets, targets, num_class, steps, rng=None, device=None, pro
     t0 = time.time()
     if y.numel() == 0 or steps <= 0:
         model.eval()
-        return model, dict(final_loss=float("nan"), steps=0, seconds=0.0, pixels=int(y.numel()))
+        return model, dict(final_loss=float("nan"), steps=0, seconds=0.0, pixels=int(y.numel()), graphed=False,
+                           setup_seconds=0.0, steady_seconds_per_step=None)
     choice = torch.from_numpy(rng.integers(0, x.shape[0], size=steps)).to(device)
     lrs = lr_schedule(steps, device)
     if graphed is None:
         graphed = device.type == "cuda"
     bar = tqdm(total=steps, desc="aggregator", dynamic_ncols=True, leave=False, disable=not progress)
     run = _train_graphed if graphed else _train_eager
-    last = run(model, x, y, choice, lrs, steps, bar, log_every)
+    last, t_steady, steady = run(model, x, y, choice, lrs, steps, bar, log_every)
     bar.close()
     model.eval()
     return model, dict(final_loss=float(last), steps=steps, seconds=time.time() - t0, pixels=int(y.numel()),
-                       graphed=bool(graphed))
+                       graphed=bool(graphed), setup_seconds=t_steady - t0, steady_seconds_per_step=steady)
 
 
-def _train_eager(model, x, y, choice, lrs, steps, bar, log_every):
+def _sync(dev):
+    """Wait for queued device work, so host clocks measure it (CUDA launches are asynchronous)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _train_eager(model, x, y, choice, lrs, steps, bar, log_every, skip=3):
+    """Returns (final loss, time the steady phase began, its seconds per step)."""
     opt = torch.optim.Adam(model.parameters(), lr=LRATE, betas=(0.9, 0.999))
     loss_fn = cross_entropy
     lr_host = lrs.cpu().tolist()
     last = None
+    skip = min(skip, steps - 1)
+    t_steady = None
     for step in range(steps):
+        if step == skip:
+            _sync(x.device)
+            t_steady = time.time()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x[choice[step]]), y)
         loss.backward()
@@ -98,15 +126,20 @@ def _train_eager(model, x, y, choice, lrs, steps, bar, log_every):
             last = loss.detach()
             bar.set_postfix(loss=f"{float(last):.4f}", refresh=False)
             bar.update((step + 1) - bar.n)
-    return float(last)
+    _sync(x.device)
+    return float(last), t_steady, (time.time() - t_steady) / (steps - skip)
 
 
 def _train_graphed(model, x, y, choice, lrs, steps, bar, log_every, block=100, warmup=3):
     """The same steps with the step counter, the set choice and the lr schedule on the device:
-    a few eager steps (on a side stream, as CUDA graphs require), then `block` steps per graph."""
+    a few eager steps (on a side stream, as CUDA graphs require), then `block` steps per graph.
+    Returns (final loss, time of the first replay, seconds per step of the replays); without a
+    full block, the steps after the warm-up are the steady phase."""
     dev = x.device
     lr_t = torch.tensor(LRATE, dtype=torch.float32, device=dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), capturable=True, foreach=True)
+    # fused: one kernel for all parameters instead of foreach's many small ones; it reads lr from
+    # lr_t at run time (also when replayed), and `capturable` lets step() pass capture's check
+    opt = torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), capturable=True, fused=True)
     loss_fn = cross_entropy
     step_t = torch.zeros(1, dtype=torch.long, device=dev)
     last = torch.zeros((), dtype=torch.float32, device=dev)
@@ -122,6 +155,7 @@ def _train_graphed(model, x, y, choice, lrs, steps, bar, log_every, block=100, w
         last.copy_(loss.detach())
 
     done = 0
+    t_warm = time.time()
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
     with torch.cuda.stream(side):
@@ -135,17 +169,28 @@ def _train_graphed(model, x, y, choice, lrs, steps, bar, log_every, block=100, w
         with torch.cuda.graph(graph):
             for _ in range(block):
                 one()
-        # capturing runs nothing: replay n_blocks times
-        for b in range(n_blocks):
-            graph.replay()
-            done += block
-            if done % max(block, log_every) < block or b + 1 == n_blocks:
-                bar.update(done - bar.n)
-    while done < steps:
+    _sync(dev)
+    t_steady, first = time.time(), done
+    # capturing runs nothing: replay n_blocks times
+    for b in range(n_blocks):
+        graph.replay()
+        done += block
+        if done % max(block, log_every) < block or b + 1 == n_blocks:
+            bar.update(done - bar.n)
+    _sync(dev)
+    t_end = time.time()
+    if n_blocks == 0:       # no graph: the eager steps after the warm-up (or the warm-up itself)
+        while done < steps:
+            one()
+            done += 1
+        _sync(dev)
+        t_end = time.time()
+    rate = (t_end - t_steady) / (done - first) if done > first else (t_steady - t_warm) / max(1, first)
+    while done < steps:     # the remainder of the last block (not part of the steady rate)
         one()
         done += 1
     bar.update(done - bar.n)
-    return float(last)
+    return float(last), t_steady, rate
 
 
 @torch.no_grad()

@@ -179,6 +179,49 @@ def test_aggregator_has_the_original_layout_and_learns():
     assert info["pixels"] == 180 and (pred[20:] == y[20:]).float().mean() > 0.95
 
 
+def _agg_data(n=400, sets=3, labels=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, labels, (n,), generator=gen)
+    x = torch.nn.functional.one_hot(y, labels).float() + 0.3 * torch.randn(sets, n, labels, generator=gen)
+    y[:10] = -1
+    return x, y
+
+
+def test_aggregator_cpu_forward_is_the_module_composition():
+    # the CPU keeps the eager ops (same calls as the nn modules): CPU results do not move
+    net = ResponseAggregator(4)
+    x = torch.randn(50, 4)
+    assert torch.equal(net(x), net.output_linear(net.input_linear(x)))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 40])
+def test_aggregator_timing_keys(steps):
+    x, y = _agg_data()
+    _, info = train_aggregator(x, y, 4, steps=steps, rng=np.random.default_rng(0), progress=False)
+    assert {"final_loss", "steps", "seconds", "pixels", "graphed"} <= set(info) and info["graphed"] is False
+    assert info["setup_seconds"] >= 0 and info["steady_seconds_per_step"] > 0
+    # the setup and the steady steps (all but the first few) fit in the total
+    timed = steps - min(3, steps - 1)
+    assert info["setup_seconds"] + timed * info["steady_seconds_per_step"] <= info["seconds"] + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("steps", [2, 250])
+def test_aggregator_graphed_matches_eager_on_cuda(steps):
+    # 250: 3 warm-up steps, two 100-step graphs, 47 eager tail steps; fused vs plain Adam: rounding only
+    x, y = _agg_data()
+    out = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model, info = train_aggregator(x, y, 4, steps=steps, rng=np.random.default_rng(0), progress=False,
+                                       device="cuda", graphed=graphed)
+        out[graphed] = (model.state_dict(), info)
+    for k, v in out[False][0].items():
+        torch.testing.assert_close(out[True][0][k], v, rtol=1e-3, atol=1e-4)
+    assert out[True][1]["final_loss"] == pytest.approx(out[False][1]["final_loss"], rel=1e-3)
+    assert out[True][1]["graphed"] and out[True][1]["steady_seconds_per_step"] > 0
+
+
 def test_compare_runs_table():
     a = dict(miou=0.25, miou_validclass=0.3, total_accuracy=0.5, class_average_accuracy=0.4,
              ious=[0.1, None, 0.4], given_classes=[0, 2], class_names=["wall (93)", "x", "chair (20)"],

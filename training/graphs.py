@@ -13,7 +13,9 @@
   like the eager calls), the losses, on shaping steps `Shaper.device_loss` (descriptors gathered
   on the device, the threshold scan as device operations, the N x N loss), backward, and Adam as
   the fused kernel (`torch._fused_adam_`, the kernel of `Adam(fused=True)`) on the optimizer's own
-  state tensors with the device learning rate.
+  state tensors with the device learning rate; with a loss scale (--precision mixed) the scaled
+  backward, the unscale and check, the kernel's own skip of a non-finite step and the scale
+  update (training/loss_scale.py).
 
 Nothing in the step waits for the device: logs are returned as device scalars (a copy of the
 graph's static log vector) and read by the logger in batches. The first `warmup` steps of each
@@ -27,9 +29,11 @@ CUDA that a replay equals the uncaptured function.
 import torch
 
 from training.batching import Batch
+from training.loss_scale import LOSS_SCALE_TAG
 
 LOG_PLAIN = ("Train/Loss/img_loss_coarse", "Train/Loss/img_loss_fine", "Train/Loss/total_img_loss")
 LOG_TAIL = ("Train/Loss/total_loss", "Train/Metric/psnr_coarse", "Train/Metric/psnr_fine")
+NOT_SHAPING = frozenset(LOG_PLAIN + LOG_TAIL + (LOSS_SCALE_TAG,))
 RING = 8                       # pinned index buffers in flight
 DEVICE_FRACTION = 0.25         # device copies of images / descriptors up to this share of free memory
 
@@ -150,17 +154,28 @@ class FastStep:
                 p.grad = None
         else:
             torch._foreach_zero_(self.grads)
-        loss.backward()
+        scaler = t.scaler
+        (loss if scaler is None else scaler.scaled(loss)).backward()
         if self.grads is None:
             if any(p.grad is None for p in self.params):
                 raise RuntimeError("a parameter received no gradient")
             self.grads = [p.grad for p in self.params]
+        found_inf = None
+        if scaler is not None:
+            scaler.unscale_(self.grads)
+            found_inf = scaler.found_inf
         torch._foreach_add_(self.steps, 1)
+        # with found_inf = 1 the kernel leaves parameters and moments as they are (a skipped step)
         torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps, lr=self.lr,
                            beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps,
-                           amsgrad=False, maximize=False)
+                           amsgrad=False, maximize=False, found_inf=found_inf)
+        if scaler is not None:
+            torch._foreach_sub_(self.steps, [found_inf] * len(self.steps))
+            scaler.update()
         with torch.no_grad():
             logs.update(zip(LOG_TAIL, (loss.detach(), mse2psnr(loss_c.detach()), mse2psnr(loss_f.detach()))))
+            if scaler is not None:
+                logs[LOSS_SCALE_TAG] = scaler.scale
             vec = _log_vector(logs)
         return vec, tuple(logs), out
 
@@ -213,7 +228,7 @@ class FastStep:
         copy = vec.clone()
         logs = {k: copy[i] for i, k in enumerate(keys)}
         if shaping:
-            t.shaper.note_device_step({k: logs[k] for k in keys[len(LOG_PLAIN):len(keys) - len(LOG_TAIL)]})
+            t.shaper.note_device_step({k: logs[k] for k in keys if k not in NOT_SHAPING})
         return logs, out
 
     def _eager(self, step, shaping):

@@ -45,6 +45,11 @@ def train(opts, scene, renderer, rng):
     if opts.shaping is not None:
         shaper, frames = build_shaper(opts, scene, renderer, rng)
         check_label_supervision(opts, shaper)
+        if renderer.train_dtype is not None:
+            # float16 passes were checked on plain training only (docs/PERFORMANCE.md)
+            renderer.train_dtype = None
+            print("[jnerf] --precision mixed: shaping keeps float32 (TF32) training passes; renders use the "
+                  "float16 engine", flush=True)
     trainer = Trainer(opts.train, scene, renderer, opts.save_dir, shaper=shaper, frames=frames, seed=opts.seed,
                       test_viz_factor=opts.test_viz_factor)
     if opts.ckpt_path:

@@ -104,6 +104,7 @@ class SemanticTrainer(Trainer):
         super().__init__(opts.train, scene, renderer, opts.save_dir, frames=frames, seed=opts.seed,
                          test_viz_factor=opts.test_viz_factor, log=log)
         self.protocol, self.wgt_sem = opts.semantic.protocol, opts.semantic.wgt_sem
+        self.scaler = None    # render_semantic_rays runs float32 passes (no float16 training, no loss scale)
         dev = self.device
         self.heads = (SemanticHead(renderer.coarse.W, num_classes).to(dev),
                       SemanticHead(renderer.fine.W, num_classes).to(dev))

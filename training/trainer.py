@@ -32,8 +32,12 @@ from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_path, lo
 from models.render_views import render_views
 from training.batching import RayBatcher
 from training.graphs import FastStep, fast_step_reason
+from training.loss_scale import LOSS_SCALE_TAG, LossScaler
 from training.tb_logger import TBLogger
 from utils.rundir import Diverged, Interrupted, StopSignals
+
+
+STEADY_SKIP = 20      # steps left out of the steady rate (at least; a tenth of a long run)
 
 
 def build_optimizer(renderer, lrate, fix_density=False):
@@ -159,6 +163,8 @@ class Trainer:
         self.guard = FiniteGuard(self.device)
         self.last_good = None   # the last checkpoint known to be finite: the loaded one, then each save
         self.final_step = self.n_iters
+        # float16 training passes (--precision mixed) need a loss scale (training/loss_scale.py)
+        self.scaler = LossScaler(self.device) if renderer.train_dtype == torch.float16 else None
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
@@ -170,6 +176,8 @@ class Trainer:
         extra = _to_cpu(data.get(EXTRA_KEY) or {})
         if self.shaper is not None and "shaper" in extra:
             self.shaper.load_state_dict(extra["shaper"], resume)
+        if resume and self.scaler is not None and "loss_scale" in extra:
+            self.scaler.load_state_dict(extra["loss_scale"])
         if resume:
             self.start = int(data["global_step"]) + 1
             if "batcher" in extra:
@@ -183,6 +191,8 @@ class Trainer:
         extra = {"batcher": self.batcher.state_dict(), "rng": rng_state()}
         if self.shaper is not None:
             extra["shaper"] = self.shaper.state_dict()
+        if self.scaler is not None:
+            extra["loss_scale"] = self.scaler.state_dict()
         return extra
 
     def save(self, step):
@@ -227,10 +237,20 @@ class Trainer:
         return self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
 
     def apply_update(self, loss, step):
-        """Backward, one Adam step, then the learning rate of the next step."""
+        """Backward, one Adam step, then the learning rate of the next step. With a loss scale the
+        backward runs on the scaled loss, the gradients are unscaled, and a step with a non-finite
+        gradient is skipped (training/loss_scale.py)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scaled(loss).backward()
+            self.scaler.unscale_([p.grad for g in self.optimizer.param_groups for p in g["params"]
+                                  if p.grad is not None])
+            if not self.scaler.skipped():
+                self.optimizer.step()
+            self.scaler.update()
         new_lr = self.learning_rate(step)
         for group in self.optimizer.param_groups:
             group["lr"] = new_lr
@@ -273,13 +293,16 @@ class Trainer:
             logs.update({"Train/Loss/total_loss": loss.detach(),
                          "Train/Metric/psnr_coarse": mse2psnr(loss_c.detach()),
                          "Train/Metric/psnr_fine": mse2psnr(loss_f.detach())})
+            if self.scaler is not None:
+                logs[LOSS_SCALE_TAG] = self.scaler.scale.clone()
         return logs, out
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, end=None):
         """Steps self.start .. end (default n_iters) inclusive, then the final test render.
         Returns dict(steps, seconds (the loop, without the final render), final_step, test_psnr,
-        test_psnr_per_view). Raises Diverged on a non-finite loss or weight, Interrupted (with a
+        test_psnr_per_view, steady_seconds_per_step (the steps after the first tenth, at
+        least STEADY_SKIP of them left out when the run is long enough)). Raises Diverged on a non-finite loss or weight, Interrupted (with a
         checkpoint at the current step) on Ctrl-C / SIGTERM."""
         end = self.n_iters if end is None else end
         self.final_step = end
@@ -288,10 +311,16 @@ class Trainer:
         self.logger = TBLogger(os.path.join(self.save_dir, "tfb_logs"), enabled=self.log)
         steps = range(self.start, end + 1)
         bar = tqdm(steps, desc="shaping" if self.shaper else "training", dynamic_ncols=True, mininterval=1.0)
+        # the steady rate leaves out the first steps (warm-up, graph capture): projections to longer
+        # runs multiply it, so one-time costs must not be in it (checkpoints, logging stay in)
+        warm_at = self.start + min(len(steps) - 1, max(STEADY_SKIP, len(steps) // 10))
+        t_warm = None
         t0 = time.time()
         try:
             with StopSignals() as stop:
                 for step in bar:
+                    if step == warm_at:
+                        t_warm = self._clock()
                     self.renderer.train()
                     logs, out = self.train_step(step)
                     if self.guard.record(step, logs["Train/Loss/total_loss"]):
@@ -322,11 +351,19 @@ class Trainer:
             raise
         bar.close()
         self.logger.flush()
-        elapsed = time.time() - t0
+        t_end = self._clock()
+        elapsed = t_end - t0
+        steady = (t_end - t_warm) / (end + 1 - warm_at) if t_warm is not None else None
         result = self.periodic_render(end, "test")
         self.logger.close()
         return dict(steps=len(steps), seconds=elapsed, final_step=end, test_psnr=result["psnr"],
-                    test_psnr_per_view=result["psnr_per_view"])
+                    test_psnr_per_view=result["psnr_per_view"], steady_seconds_per_step=steady)
+
+    def _clock(self):
+        """Host time once the device has finished its queued work (CUDA steps are asynchronous)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.time()
 
     def periodic_render(self, step, which):
         """Render the 'train' or 'test' views at 1/test_viz_factor into <save_dir>/<which>_render/

@@ -83,9 +83,10 @@ def build_parser(dataset_types=("replica", "scannet"), subsets=(), rules=()):
     g("--render_only", action="store_true", help="render the test views of --ckpt_path and exit")
     g("--gpu", type=str, default="", help="CUDA device index; ignored without CUDA")
     g("--seed", type=int, default=None, help="seed every random draw; unset = unseeded, as the original")
-    g("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16"],
+    g("--precision", type=str, default=None, choices=["fp32", "tf32", "fp16", "mixed"],
       help="on CUDA: fp32 (unset = fp32); tf32 matmuls; fp16 = tf32 for training plus a float16 engine for "
-           "renders and propagation (docs/PERFORMANCE.md). CPU: always fp32, the choice is ignored")
+           "renders and propagation; mixed = fp16 plus float16 training passes on float32 weights with a "
+           "dynamic loss scale (docs/PERFORMANCE.md). CPU: always fp32, the choice is ignored")
     g("--no_cuda_graph", action="store_true", default=None,
       help="on CUDA, run every training step eagerly (default: each step is one CUDA-graph replay where the "
            "configuration allows it; same arithmetic, docs/PERFORMANCE.md)")

@@ -21,7 +21,7 @@ PROPAGATION_MODES = ("propagate_3d", "perturb_gradient", "propagate_2d")
 MODES = ("train", "shape", "render_only") + PROPAGATION_MODES + ("semantic_nerf",)
 TRAINING_MODES = ("train", "shape", "semantic_nerf")    # modes that train (N_iters, --resume)
 DEFAULT_WGT_SEM = 4e-2                # Semantic-NeRF's Replica weight of the label loss (models.semantic.WGT_SEM)
-PRECISIONS = ("fp32", "tf32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16", "mixed")
 CONVENTIONS = ("opencv", "opengl")
 DEFAULT_AGG_STEPS = 200000        # the original's aggregator length
 SHAPING_FLAGS = ("contrastive_2d", "contrastive_3d", "from_label")
@@ -70,7 +70,7 @@ class ModelOptions:
     netchunk: int = 1024 * 1024           # points per MLP call
     near: float = 0.1                     # ray start
     far: float = 10.0                     # ray end
-    precision: str = "fp32"               # fp32 | tf32 | fp16 (CUDA only; the CPU runs fp32)
+    precision: str = "fp32"               # fp32 | tf32 | fp16 | mixed (CUDA only; the CPU runs fp32)
 
 
 @dataclass(frozen=True)
