@@ -165,6 +165,17 @@ class NeRF(nn.Module):
                 h = torch.cat((x_enc, h), dim=-1)
         return h
 
+    def _padded_weight(self, i, pad):
+        """pts_linears.i's weight for an input whose position part is zero-padded by `pad`
+        channels: zero columns after the position columns of layer 0 and of the layer after a skip."""
+        w = self.pts_linears[i].weight
+        c = self.input_ch
+        if i == 0:
+            return F.pad(w, (0, pad))
+        if i - 1 in self.skips:
+            return torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
+        return w
+
     def _trunk_padded(self, x_enc):
         """The trunk without autograd, in x_enc's dtype (the half engine's, or the parameters'):
         fused GEMM+bias+ReLU layers on weights cast to it.
@@ -187,11 +198,7 @@ class NeRF(nn.Module):
         direct = (_SKIP_WRITE or ("copy" if buf.is_cuda else "direct")) == "direct"
         h = buf[:, :pad_c]
         for i, layer in enumerate(self.pts_linears):
-            w = layer.weight.to(dt)
-            if i == 0:
-                w = F.pad(w, (0, pad_c - c))
-            elif i - 1 in self.skips:
-                w = torch.cat((F.pad(w[:, :c], (0, pad_c - c)), w[:, c:]), dim=1)
+            w = self._padded_weight(i, pad_c - c).to(dt)
             if i in self.skips and i < last:
                 # after a skip (consecutive skips) the input is the buffer itself: no in-place write
                 _relu_linear_into(buf[:, pad_c:], h, w, layer.bias.to(dt), direct and h is not buf)
@@ -236,12 +243,7 @@ class NeRF(nn.Module):
         x = F.pad(x_enc.to(dtype), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
-            w = layer.weight
-            if i == 0:
-                w = F.pad(w, (0, pad))
-            elif i - 1 in self.skips:
-                w = torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
-            h = linear_train(h, w.to(dtype), layer.bias.to(dtype), epilogue, relu=True)
+            h = linear_train(h, self._padded_weight(i, pad).to(dtype), layer.bias.to(dtype), epilogue, relu=True)
             if i in self.skips:
                 h = torch.cat((x, h), dim=-1)
         a = self.alpha_linear

@@ -301,9 +301,10 @@ class Trainer:
     def fit(self, end=None):
         """Steps self.start .. end (default n_iters) inclusive, then the final test render.
         Returns dict(steps, seconds (the loop, without the final render), final_step, test_psnr,
-        test_psnr_per_view, steady_seconds_per_step (the steps after the first tenth, at
-        least STEADY_SKIP of them left out when the run is long enough)). Raises Diverged on a non-finite loss or weight, Interrupted (with a
-        checkpoint at the current step) on Ctrl-C / SIGTERM."""
+        test_psnr_per_view, steady_seconds_per_step (the seconds per step after the first tenth
+        of the steps, at least STEADY_SKIP of them, are left out; None without steps)). Raises
+        Diverged on a non-finite loss or weight, Interrupted (with a checkpoint at the current
+        step) on Ctrl-C / SIGTERM."""
         end = self.n_iters if end is None else end
         self.final_step = end
         every = self.opts.logging
