@@ -52,3 +52,8 @@ def image_rays(pose, height, width, intr, near, far, convention="opencv"):
 def unpack_rays(rays):
     """(origins, dirs, near [B,1], far [B,1], viewdirs)."""
     return rays[:, 0:3], rays[:, 3:6], rays[:, 6:7], rays[:, 7:8], rays[:, 8:11]
+
+
+def ray_points(rays, z):
+    """Points o + z d [B, S, 3] of rays [B, 11] at depths z [B, S]."""
+    return rays[:, None, 0:3] + rays[:, None, 3:6] * z[..., None]

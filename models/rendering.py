@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.rays import unpack_rays
+from models.rays import ray_points, unpack_rays
 from models.samplers import fine_z, stratified_z
 
 
@@ -97,6 +97,25 @@ def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=Fals
 def disparity(depth, acc):
     """1 / max(depth / acc, 1e-10), the original's disparity."""
     return 1.0 / torch.clamp(depth / acc, min=1e-10)
+
+
+class RaySetup(NamedTuple):
+    """What a coarse-to-fine render of rays starts from (`ray_setup`)."""
+    viewdirs: torch.Tensor    # [B, 3]
+    dir_norm: torch.Tensor    # [B, 1] |d| (rays are not unit length: distances are scaled by it)
+    z: torch.Tensor           # [B, n_samples] stratified coarse depths
+    jitter: bool              # training mode with perturb: jittered strata, random importance samples
+    noise: float              # std of the density noise (training mode), else 0
+
+
+def ray_setup(rays, opts, train, generator=None):
+    """The start shared by `Renderer.render_rays` and the Semantic-NeRF render: view directions,
+    |d|, the coarse depths, and this pass's jitter and density noise (RenderOptions `opts`)."""
+    _, dirs, near, far, viewdirs = unpack_rays(rays)
+    dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
+    jitter = train and opts.perturb > 0
+    z = stratified_z(near, far, opts.n_samples, jitter, generator)
+    return RaySetup(viewdirs, dir_norm, z, jitter, opts.raw_noise_std if train else 0.0)
 
 
 class FineSamples(NamedTuple):
@@ -183,13 +202,8 @@ class Renderer(nn.Module):
         coarse_rgb=False skips the coarse network's colour head (rgb_coarse is then None): the
         importance samples need only the coarse density."""
         o = self.opts
-        origins, dirs, near, far, viewdirs = unpack_rays(rays)
-        dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
-        jitter = train and o.perturb > 0
-        noise = o.raw_noise_std if train else 0.0
-
-        z = stratified_z(near, far, o.n_samples, jitter, generator)
-        pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
+        viewdirs, dir_norm, z, jitter, noise = ray_setup(rays, o, train, generator)
+        pts = ray_points(rays, z)
         if coarse_rgb:
             out_c = self.run_field(self.coarse, pts, viewdirs, features=False)
             sigma_c = out_c.sigma_raw
@@ -201,7 +215,7 @@ class Renderer(nn.Module):
             comp_c = Composite(None, torch.sum(w_c * z, dim=-1), w_c.sum(-1), w_c)
 
         z_fine = fine_z(z, comp_c.weights, o.n_importance, not jitter, generator)
-        pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
+        pts = ray_points(rays, z_fine)
         out_f = self.run_field(self.fine, pts, viewdirs, features=keep_fine)
         comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,
                            generator, self.capture_safe)
@@ -233,7 +247,5 @@ class Renderer(nn.Module):
 
 def fine_outputs(renderer: Renderer, rays, z_fine):
     """Re-evaluate the fine network at given depths (used by tests and propagation twins)."""
-    origins, dirs, _, _, viewdirs = unpack_rays(rays)
-    pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
-    return renderer.run_field(renderer.fine, pts, viewdirs)
+    return renderer.run_field(renderer.fine, ray_points(rays, z_fine), unpack_rays(rays)[4])
 

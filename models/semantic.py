@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.rays import unpack_rays
-from models.rendering import composite, composite_weights, disparity
-from models.samplers import fine_z, stratified_z
+from models.rays import ray_points
+from models.rendering import composite, composite_weights, disparity, ray_setup
+from models.samplers import fine_z
 
 # Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
 WGT_SEM = 4e-2
@@ -77,9 +77,7 @@ def semantic_logits_at(renderer, net, head, rays, z):
     """Logits [B, S, C] at the samples o + z d of rays [B, 11], depths z [B, S] (e.g. the
     `FineSamples.z` of `Renderer.render_rays(..., keep_fine=True)`), positions encoded by
     `renderer.pos_enc`. This evaluates the trunk again at those samples."""
-    origins, dirs, _, _, _ = unpack_rays(rays)
-    pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
-    return semantic_logits(net, head, renderer.pos_enc(pts))
+    return semantic_logits(net, head, renderer.pos_enc(ray_points(rays, z)))
 
 
 def render_logits(weights, logits):
@@ -141,18 +139,13 @@ def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=
     also point_logits [B, S, C] (the fine samples' raw logits) and weights [B, S]."""
     o = renderer.opts
     head_c, head_f = heads
-    origins, dirs, near, far, viewdirs = unpack_rays(rays)
-    dir_norm = torch.linalg.norm(dirs, dim=-1, keepdim=True)
-    jitter = train and o.perturb > 0
-    noise = o.raw_noise_std if train else 0.0
-
-    z = stratified_z(near, far, o.n_samples, jitter, generator)
-    pts = origins[:, None, :] + dirs[:, None, :] * z[..., None]
+    viewdirs, dir_norm, z, jitter, noise = ray_setup(rays, o, train, generator)
+    pts = ray_points(rays, z)
     sigma_c, rgb_c, s_c = _field(renderer, renderer.coarse, head_c, pts, viewdirs, colour)
     w_c, out_rgb_c = _composite(rgb_c, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
 
     z_fine = fine_z(z, w_c, o.n_importance, not jitter, generator)
-    pts = origins[:, None, :] + dirs[:, None, :] * z_fine[..., None]
+    pts = ray_points(rays, z_fine)
     sigma_f, rgb_f, s_f = _field(renderer, renderer.fine, head_f, pts, viewdirs, colour)
     w_f, out_rgb_f = _composite(rgb_f, sigma_f, z_fine, dir_norm, noise, o.white_bkgd, generator)
     depth, acc = torch.sum(w_f * z_fine, dim=-1), w_f.sum(-1)
