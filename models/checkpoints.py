@@ -33,9 +33,14 @@ def checkpoint_path(save_dir, step):
 
 
 def save_checkpoint(path, step, renderer, optimizer=None, extra=None, semantic=None):
-    """Write the checkpoint to a temporary file and rename it, so a crash never leaves a
-    truncated file under the final name. semantic: models.semantic.semantic_state(...) of a
-    Semantic-NeRF run, saved under SEMANTIC_KEY."""
+    """Write the checkpoint (`checkpoint_data`) with `write_checkpoint`."""
+    return write_checkpoint(path, checkpoint_data(step, renderer, optimizer, extra, semantic))
+
+
+def checkpoint_data(step, renderer, optimizer=None, extra=None, semantic=None):
+    """The checkpoint dict (its tensors are the live ones: copy them before the next step if the
+    write is deferred). semantic: models.semantic.semantic_state(...) of a Semantic-NeRF run,
+    saved under SEMANTIC_KEY."""
     data = {
         "global_step": int(step),
         "network_coarse_state_dict": renderer.coarse.state_dict(),
@@ -46,6 +51,12 @@ def save_checkpoint(path, step, renderer, optimizer=None, extra=None, semantic=N
         data[EXTRA_KEY] = extra
     if semantic is not None:
         data[SEMANTIC_KEY] = semantic
+    return data
+
+
+def write_checkpoint(path, data):
+    """torch.save `data` to a temporary file and rename it, so a crash never leaves a truncated
+    file under the final name; returns path."""
     with atomic_path(path) as tmp:
         try:
             torch.save(data, tmp)

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from datasets.seed_maps import seed_labels
-from models.checkpoints import checkpoint_path, load_semantic_heads, named_tensors, prune_checkpoints, \
-    save_checkpoint
+from models.checkpoints import checkpoint_data, load_semantic_heads, named_tensors
 from models.semantic import SemanticHead, predict_labels, render_semantic_rays, semantic_loss, semantic_state
 from training.batching import Batch
 from training.semantic_eval import evaluate_semantic
@@ -135,15 +134,11 @@ class SemanticTrainer(Trainer):
             load_semantic_heads(ckpt_path, data, *self.heads, required=True)
         return data
 
-    def save(self, step):
-        """As Trainer.save (finite check, atomic write, --keep_ckpts), with the heads."""
-        self.check_finite(step)
-        path = save_checkpoint(checkpoint_path(self.save_dir, step), step, self.renderer, self.optimizer,
-                               self.extra_state(), semantic=self.semantic_state())
-        self.last_good = path
-        if self.opts.keep_ckpts:
-            prune_checkpoints(self.save_dir, self.opts.keep_ckpts, step, self.final_step)
-        return path
+    def checkpoint_data(self, step):
+        """Trainer.checkpoint_data with the heads (Trainer.save writes it: finite check, atomic
+        write, --keep_ckpts)."""
+        return checkpoint_data(step, self.renderer, self.optimizer, self.extra_state(),
+                               semantic=self.semantic_state())
 
     def state_tensors(self):
         yield from super().state_tensors()

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_path, load_checkpoint, named_tensors,
-                                non_finite_tensor, prune_checkpoints, save_checkpoint)
+from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_data, checkpoint_path, load_checkpoint,
+                                named_tensors, non_finite_tensor, prune_checkpoints)
 from models.render_views import render_views
 from training.batching import RayBatcher
+from training.ckpt_writer import CheckpointWriter
 from training.graphs import FastStep, fast_step_reason
 from training.loss_scale import LOSS_SCALE_TAG, LossScaler
 from training.tb_logger import TBLogger
@@ -165,6 +166,8 @@ class Trainer:
         self.final_step = self.n_iters
         # float16 training passes (--precision mixed) need a loss scale (training/loss_scale.py)
         self.scaler = LossScaler(self.device) if renderer.train_dtype == torch.float16 else None
+        # on CUDA checkpoints are written by a background thread (training/ckpt_writer.py)
+        self.writer = CheckpointWriter(background=self.device.type == "cuda")
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
@@ -197,14 +200,22 @@ class Trainer:
 
     def save(self, step):
         """Checkpoint at `step`, once the loss so far and every weight and optimizer-state tensor
-        are finite (`Diverged` otherwise); then --keep_ckpts prunes the older ones."""
+        are finite (`Diverged` otherwise); once written, --keep_ckpts prunes the older ones. On CUDA
+        the write finishes in the background (`self.writer`; `fit` waits for it)."""
         self.check_finite(step)
-        path = save_checkpoint(checkpoint_path(self.save_dir, step), step, self.renderer, self.optimizer,
-                               self.extra_state())
-        self.last_good = path
-        if self.opts.keep_ckpts:
-            prune_checkpoints(self.save_dir, self.opts.keep_ckpts, step, self.final_step)
+        path = checkpoint_path(self.save_dir, step)
+
+        def written(path):
+            self.last_good = path
+            if self.opts.keep_ckpts:
+                prune_checkpoints(self.save_dir, self.opts.keep_ckpts, step, self.final_step)
+
+        self.writer.write(path, self.checkpoint_data(step), written)
         return path
+
+    def checkpoint_data(self, step):
+        """The checkpoint dict at `step` (models.checkpoints.checkpoint_data)."""
+        return checkpoint_data(step, self.renderer, self.optimizer, self.extra_state())
 
     def state_tensors(self):
         """(name, tensor) of every weight and optimizer-state tensor a checkpoint holds."""
@@ -342,9 +353,16 @@ class Trainer:
                     if step > 0 and step % every.step_val == 0 and step != end:
                         self.periodic_render(step, "test")
                     if stop.signum is not None:
-                        raise Interrupted(stop.signum, step, saved or self.save(step))
+                        path = saved or self.save(step)
+                        self.writer.wait()          # the printed --resume command needs the file
+                        raise Interrupted(stop.signum, step, path)
+            self.writer.wait()
         except BaseException:
             bar.close()
+            try:
+                self.writer.wait()          # a checkpoint in flight lands (or fails) before the error is reported
+            except Exception:
+                pass                        # the first error is the one to report
             try:
                 self.logger.close()
             except OSError:
