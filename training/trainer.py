@@ -31,7 +31,7 @@ from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_data, ch
                                 named_tensors, non_finite_tensor, prune_checkpoints)
 from models.render_views import render_views
 from training.batching import RayBatcher
-from training.ckpt_writer import CheckpointWriter
+from training.ckpt_writer import CheckpointWriter, host_copy
 from training.graphs import FastStep, fast_step_reason
 from training.loss_scale import LOSS_SCALE_TAG, LossScaler
 from training.tb_logger import TBLogger
@@ -87,17 +87,6 @@ def set_rng_state(state):
     np.random.set_state((np_state[0], np.array(state["numpy"], dtype=np.uint32), *np_state[2:]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_cpu(obj):
-    """Tensors of a nested dict/list structure moved to the CPU (resume state of a CUDA run)."""
-    if torch.is_tensor(obj):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 class FiniteGuard:
@@ -176,7 +165,7 @@ class Trainer:
         apply_checkpoint(ckpt_path, data, self.renderer, self.optimizer if resume else None)
         self.last_good = ckpt_path
         # the checkpoint is mapped to the training device, but RNG states must be CPU ByteTensors
-        extra = _to_cpu(data.get(EXTRA_KEY) or {})
+        extra = host_copy(data.get(EXTRA_KEY) or {})
         if self.shaper is not None and "shaper" in extra:
             self.shaper.load_state_dict(extra["shaper"], resume)
         if resume and self.scaler is not None and "loss_scale" in extra:
