@@ -20,10 +20,11 @@ def build_renderer(model, device):
     coarse = NeRF(model.netdepth, model.netwidth, pos_enc.out_dim, dir_enc.out_dim)
     fine = NeRF(model.netdepth_fine, model.netwidth_fine, pos_enc.out_dim, dir_enc.out_dim)
     renderer = Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), model.near, model.far).to(device)
-    if model.precision in ("fp16", "mixed") and torch.device(device).type == "cuda":
-        renderer.inference_dtype = torch.float16
-    if model.precision == "mixed" and torch.device(device).type == "cuda":
-        renderer.train_dtype = torch.float16      # with a loss scale (training.loss_scale)
+    if torch.device(device).type == "cuda":       # the CPU runs float32 whatever the choice
+        if model.precision in ("fp16", "mixed"):
+            renderer.inference_dtype = torch.float16
+        if model.precision == "mixed":
+            renderer.train_dtype = torch.float16      # with a loss scale (training.loss_scale)
     return renderer
 
 
