@@ -28,6 +28,7 @@ from training.semantic import train_semantic
 from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
 from utils.errors import InputError, run_cli
 from utils.options import build_options
+from utils.precision import PRECISIONS
 from utils.rundir import (Interrupted, RunLock, RunStopped, check_output_dir, exit_on_sigterm, prepare_run_dir,
                           resume_command, write_failure)
 from utils.seeding import seed_everything
@@ -64,7 +65,7 @@ def configure_device(opts):
     device = select_device(opts.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        tf32 = opts.model.precision in ("tf32", "fp16", "mixed")
+        tf32 = PRECISIONS[opts.model.precision].tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return device
@@ -116,7 +117,7 @@ def run_mode(opts):
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
-    renderer = build_renderer(opts.model, device)
+    renderer = build_renderer(opts.model, device, PRECISIONS[opts.model.precision])
     save_resolved_config(opts.config, opts.save_dir)
     if opts.mode == "render_only":
         return render_only(opts, scene, renderer)

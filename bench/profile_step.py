@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.nerf_step import bf16_switch, cli_precision, options_for, random_scene  # noqa: E402
+from bench.nerf_step import cli_precision, options_for, random_scene  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
@@ -75,8 +75,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", cli_precision(a.precision), "--no_cuda_graph"])
         scene = random_scene()
-        renderer = build_renderer(opts.model, device)
-        bf16_switch(renderer, a.precision, device)
+        renderer = build_renderer(opts.model, device, BENCH_PRECISIONS[a.precision])
         if a.what == "step":
             trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)
             for i in range(5):

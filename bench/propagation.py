@@ -30,6 +30,7 @@ from main import parse_options  # noqa: E402
 from models.checkpoints import save_checkpoint  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from propagation.run import propagate  # noqa: E402
+from utils.precision import PRECISIONS  # noqa: E402
 
 SPARSE = ["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation", "--partial_perc", "0",
           "--rgb_layer", "--mean_gradient"]
@@ -100,10 +101,8 @@ def run_one(kind, flags, scene, device, args, precision="fp32"):
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, kind, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
-        renderer = build_renderer(opts.model, device)
+        renderer = build_renderer(opts.model, device, PRECISIONS[precision])
         save_checkpoint(opts.ckpt_path, 0, renderer)          # random weights
-        if precision == "fp16" and device.type == "cuda":
-            renderer.inference_dtype = torch.float16
         renderer.eval()
         sync(device)
         t0 = time.perf_counter()

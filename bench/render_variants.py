@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.nerf_step import options_for, random_scene  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
-from models.nerf import InferenceOptions  # noqa: E402
+from models.engine import Engine  # noqa: E402
 
 
 def time_render(renderer, rays, reps=5, autocast=None):
@@ -32,23 +32,21 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     dev = torch.device("cuda")
     opts = options_for("/tmp/rv")
-    r = build_renderer(opts.model, dev).eval()
+    base = build_renderer(opts.model, dev).eval()
     scene = random_scene(2)
     rays = scene.cameras(scene.test).image_rays(0, dev)
     print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
     print("| variant | render 320x240 | max |rgb - ref| |")
     print("|---|---|---|")
 
-    def set_engine(fused, pad, compose):
-        r.set_inference(InferenceOptions(fused=fused, pad_k=pad, compose_head=compose))
-
-    set_engine(False, False, False)
+    r = base.with_engine(Engine(fused=False, pad_k=False, compose_head=False))
     t, ref = time_render(r, rays)
     print(f"| eager, tf32, netchunk 1M | {t*1e3:.0f} ms | 0 |", flush=True)
     for name, eng in (("fused epilogue", (True, False, False)), ("fused + padded K=64", (True, True, False)),
                       ("fused + composed head", (True, False, True)), ("fused + padded + composed (default)",
                                                                          (True, True, True))):
-        set_engine(*eng)
+        fused, pad, compose = eng
+        r = base.with_engine(Engine(fused=fused, pad_k=pad, compose_head=compose))
         t, out = time_render(r, rays)
         print(f"| {name}, tf32 | {t*1e3:.0f} ms | {(out-ref).abs().max():.2e} |", flush=True)
     r.opts.netchunk = 4 * 1024 * 1024

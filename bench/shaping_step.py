@@ -29,7 +29,8 @@ from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
 from main import parse_options  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from training._reference import slow_shaping  # noqa: E402
-from training.shaping import build_shaper  # noqa: E402
+from bench.nerf_step import BENCH_PRECISIONS  # noqa: E402
+from training.shaping import ShapingObjective, build_shaper  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 README_FLAGS = ["--load_dino", "--load_on_cpu", "--feature_dim", "384", "--contrastive_2d",
@@ -71,12 +72,12 @@ def options_for(save_dir, n_rays, args, shaping=True, more=()):
     return replace(opts, model=model, train=train)
 
 
-def make_trainer(device, n_rays, args, scene, tmp, shaping=True, more=()):
+def make_trainer(device, n_rays, args, scene, tmp, shaping=True, more=(), precision="fp32"):
     opts = options_for(tmp, n_rays, args, shaping, more)
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device)
-    shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
-    return Trainer(opts.train, scene, renderer, tmp, shaper=shaper, seed=0, log=False)
+    renderer = build_renderer(opts.model, device, BENCH_PRECISIONS[precision])
+    objective = ShapingObjective(opts.train, build_shaper(opts, scene, renderer, None)[0]) if shaping else None
+    return Trainer(opts.train, scene, renderer, tmp, objective, seed=0, log=False)
 
 
 def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, host=None):
@@ -87,7 +88,7 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, ["--no_cuda_graph"])
+        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, ["--no_cuda_graph"], precision)
         if adam == "foreach":
             params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
             trainer.optimizer = torch.optim.Adam(params, lr=trainer.opts.lrate, betas=(0.9, 0.999), foreach=True)
@@ -106,7 +107,7 @@ def time_steps(device, precision, n_rays, args, scene, shaping=True, adam=None, 
         if host is not None:
             host.append(statistics.median(host_times[args.warmup:]))
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        tau = trainer.shaper.tau if shaping else float("nan")
+        tau = trainer.objective.shaper.tau if shaping else float("nan")
         return statistics.median(times[args.warmup:]), peak, tau
 
 
@@ -117,9 +118,7 @@ def time_fast(device, precision, n_rays, args, scene, graph, shaping=True):
     # bf16 is not a --precision choice (withheld, docs/PERFORMANCE.md): fp16 plus the renderer's switch
     more = ["--precision", "fp16" if precision == "bf16" else precision] + ([] if graph else ["--no_cuda_graph"])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, more)
-        if precision == "bf16" and device.type == "cuda":
-            trainer.renderer.train_dtype = torch.bfloat16
+        trainer = make_trainer(device, n_rays, args, scene, tmp, shaping, more, precision)
         for i in range(args.warmup):
             trainer.train_step(i)
         sync(device)
@@ -127,7 +126,7 @@ def time_fast(device, precision, n_rays, args, scene, graph, shaping=True):
         for i in range(args.warmup, args.warmup + args.steps):
             trainer.train_step(i)
         sync(device)
-        tau = trainer.shaper.tau if shaping else float("nan")
+        tau = trainer.objective.shaper.tau if shaping else float("nan")
         return (time.perf_counter() - t) / args.steps, tau, trainer.fast_reason
 
 
@@ -142,7 +141,7 @@ def loss_check(device, args, scene):
         ref.renderer.double()
         batch = ref.batcher.next()
         batch = batch._replace(rays=batch.rays.double())
-        shaper = ref.shaper
+        shaper = ref.objective.shaper
         torch.manual_seed(1)
         out = ref.renderer.render_rays(batch.rays, train=True, keep_fine=True)
         t = time.perf_counter()

@@ -32,15 +32,15 @@ def checkpoint_path(save_dir, step):
     return os.path.join(save_dir, "checkpoints", f"{step:06d}.ckpt")
 
 
-def save_checkpoint(path, step, renderer, optimizer=None, extra=None, semantic=None):
+def save_checkpoint(path, step, renderer, optimizer=None, extra=None, entries=None):
     """Write the checkpoint (`checkpoint_data`) with `write_checkpoint`."""
-    return write_checkpoint(path, checkpoint_data(step, renderer, optimizer, extra, semantic))
+    return write_checkpoint(path, checkpoint_data(step, renderer, optimizer, extra, entries))
 
 
-def checkpoint_data(step, renderer, optimizer=None, extra=None, semantic=None):
+def checkpoint_data(step, renderer, optimizer=None, extra=None, entries=None):
     """The checkpoint dict (its tensors are the live ones: copy them before the next step if the
-    write is deferred). semantic: models.semantic.semantic_state(...) of a Semantic-NeRF run,
-    saved under SEMANTIC_KEY."""
+    write is deferred). entries: further top-level keys, e.g. {SEMANTIC_KEY: the heads' state} of a
+    Semantic-NeRF run (models.semantic.semantic_state)."""
     data = {
         "global_step": int(step),
         "network_coarse_state_dict": renderer.coarse.state_dict(),
@@ -49,8 +49,7 @@ def checkpoint_data(step, renderer, optimizer=None, extra=None, semantic=None):
     }
     if extra:
         data[EXTRA_KEY] = extra
-    if semantic is not None:
-        data[SEMANTIC_KEY] = semantic
+    data.update(entries or {})
     return data
 
 

@@ -1,10 +1,14 @@
-"""Build the renderer (networks, encoders, sampling options) from typed model options."""
+"""Build the renderer (networks, encoders, sampling options, engine) from typed model options."""
+from dataclasses import replace
+
 import torch
 
 from models.encoding import build_encoders
 from models.nerf import NeRF
+from models.engine import Engine
 from models.rendering import Renderer, RenderOptions
 from utils.errors import InputError, NotSupportedError
+from utils.precision import FP32
 
 
 def render_options(model):
@@ -14,18 +18,17 @@ def render_options(model):
                          netchunk=model.netchunk)
 
 
-def build_renderer(model, device):
-    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions)."""
+def build_renderer(model, device, precision=FP32, engine=None):
+    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions).
+    precision: the utils.precision.Precision of the run (resolved here for the device: the CPU runs
+    float32 whatever the choice); engine: an Engine whose knobs to keep (benchmarks), its precision
+    replaced by the resolved one."""
     pos_enc, dir_enc = build_encoders(model.multires, model.multires_views, model.i_embed)
     coarse = NeRF(model.netdepth, model.netwidth, pos_enc.out_dim, dir_enc.out_dim)
     fine = NeRF(model.netdepth_fine, model.netwidth_fine, pos_enc.out_dim, dir_enc.out_dim)
-    renderer = Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), model.near, model.far).to(device)
-    if torch.device(device).type == "cuda":       # the CPU runs float32 whatever the choice
-        if model.precision in ("fp16", "mixed"):
-            renderer.inference_dtype = torch.float16
-        if model.precision == "mixed":
-            renderer.train_dtype = torch.float16      # with a loss scale (training.loss_scale)
-    return renderer
+    engine = replace(engine or Engine(), precision=precision.on(device))
+    return Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), model.near, model.far,
+                    engine).to(device)
 
 
 def select_device(gpu=""):

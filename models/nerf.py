@@ -8,19 +8,23 @@
     rgb_linear         128 -> 3     colour logits
 
 Modules are created in the original's order, so `parameters()` (and hence the Adam state in a
-checkpoint) lines up with the original's. `forward` returns the colour logits, the raw density
+checkpoint) lines up with the original's. `field` returns the colour logits, the raw density
 and the 128-d input of `rgb_linear` (needed by the closed-form Jacobians and by propagation).
 
-Passes without autograd (image renders, propagation) take fast paths chosen by the network's
-`InferenceOptions`; each computes the layered network's values up to rounding (their slow twin
-is the autograd path, compared in tests/test_fused_inference.py).
+How a call evaluates is one explicit `models.engine.Path` (the renderer derives it from its
+`Engine` value): the layered network with autograd (`forward`, the reference; on CUDA with the
+fused-epilogue training layers), 16-bit training passes on float32 weights (`forward_mixed`), or
+the inference fast paths without autograd (fused layers, padded input, composed head, the half
+engine). Each computes the layered network's values up to rounding (tests/test_fused_inference.py,
+tests/test_precision.py).
 """
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.engine import REFERENCE, Path
 
 
 class LayerTap(NamedTuple):
@@ -31,17 +35,10 @@ class LayerTap(NamedTuple):
 
 
 class FieldOutput(NamedTuple):
-    rgb_logits: torch.Tensor   # [..., 3] pre-sigmoid colour
-    sigma_raw: torch.Tensor    # [...]    pre-ReLU density
-    rgb_features: torch.Tensor  # [..., W/2] input of rgb_linear (post-ReLU)
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Fast paths of the passes without autograd (with autograd the layered network always runs)."""
-    fused: bool = True          # GEMM + bias + ReLU in one call; False: the layered network throughout
-    pad_k: bool = True          # pad the 63-d position input to 64 so every GEMM is tensor-core aligned
-    compose_head: bool = True   # alpha + feature_linear + views_linears.0 as one 256 -> 129 GEMM
+    rgb_logits: Optional[torch.Tensor]    # [..., 3] pre-sigmoid colour (None: colour=False)
+    sigma_raw: torch.Tensor               # [...]    pre-ReLU density
+    rgb_features: Optional[torch.Tensor]  # [..., W/2] input of rgb_linear (post-ReLU; None: features=False)
+    trunk: Optional[torch.Tensor] = None  # [..., W] the trunk output h (trunk=True: the Semantic-NeRF heads read it)
 
 
 def _bias_grad(gu):
@@ -96,11 +93,6 @@ def linear_relu(x, layer, fused=False):
     return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
 
-# How the layer before a skip writes into the skip buffer (`_relu_linear_into`): None picks by
-# device ("copy" on CUDA, "direct" elsewhere); "direct" / "copy" force one (to measure both).
-_SKIP_WRITE = None
-
-
 def _relu_linear_into(out, x, weight, bias, direct):
     """out[:] = relu(x W^T + b) without autograd, `out` a column block of a wider row-major
     buffer (the skip input [gamma(x), h] built in place instead of concatenated).
@@ -126,13 +118,9 @@ def _linear_n8(x, weight, bias):
 
 
 class NeRF(nn.Module):
-    def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,), inference=InferenceOptions()):
+    def __init__(self, D=8, W=256, input_ch=63, input_ch_views=27, skips=(4,)):
         super().__init__()
         self.D, self.W = D, W
-        self.inference = inference      # fast paths of no-autograd passes (not part of the state dict)
-        # passes with autograd: every layer as `_Linear` (bias+ReLU epilogue, GEMV bias gradient).
-        # None: on CUDA only (the CPU keeps the eager pair, so CPU results do not move); True/False: always/never
-        self.train_epilogue = None
         self.input_ch, self.input_ch_views = input_ch, input_ch_views
         self.skips = tuple(skips)
         self.pts_linears = nn.ModuleList(
@@ -143,24 +131,57 @@ class NeRF(nn.Module):
         self.alpha_linear = nn.Linear(W, 1)
         self.rgb_linear = nn.Linear(W // 2, 3)
 
-    def _fast(self, x):
-        """Whether this pass takes the fused inference paths: no autograd, batched input."""
-        return self.inference.fused and not torch.is_grad_enabled() and x.dim() >= 2
+    # -- the one entry -----------------------------------------------------------------------
+    def forward(self, x_enc, d_enc):
+        """The layered network (`REFERENCE`): x_enc [..., S, input_ch]; d_enc broadcastable to
+        [..., S, input_ch_views] (e.g. [R, 1, 27])."""
+        return self.field(x_enc, d_enc, REFERENCE)
 
-    def _epilogue(self, x):
-        """Whether a pass with autograd takes the fused-epilogue layers (`train_epilogue`)."""
-        return torch.is_grad_enabled() and (x.is_cuda if self.train_epilogue is None else self.train_epilogue)
+    def field(self, x_enc, d_enc, path: Path, features=True, colour=True, trunk=False):
+        """FieldOutput of encoded positions x_enc and directions d_enc, evaluated as `path` says.
+        features=False: rgb_features may be None; colour=False: density only (rgb_logits and
+        rgb_features None); trunk=True: the trunk output h is returned too (in the pass's dtype).
 
-    def trunk(self, x_enc):
-        """W-d trunk features [..., W] of encoded positions [..., input_ch]."""
-        fast = self._fast(x_enc)
-        if (fast and self.inference.pad_k) or x_enc.dtype != self.pts_linears[0].weight.dtype:
-            return self._trunk_padded(x_enc)   # (the half engine always takes this path)
-        epilogue = self._epilogue(x_enc)
+        Splitting views_linears.0 into its feature and direction columns computes the same
+        product as the original's concatenation without copying the direction to every sample."""
+        if path.grad and path.dtype is not None:
+            return self.forward_mixed(x_enc, d_enc, path.dtype, features, epilogue=path.epilogue, colour=colour,
+                                      trunk=trunk)
+        h = self.trunk(x_enc, path)
+        fast = not path.grad and path.fused and x_enc.dim() >= 2
+        half = h.dtype != self.alpha_linear.weight.dtype           # the half engine (no autograd)
+        keep = h if trunk else None
+        if not colour:
+            a = self.alpha_linear
+            return FieldOutput(None, F.linear(h, a.weight.to(h.dtype), a.bias.to(h.dtype))[..., 0], None, keep)
+        if half or (fast and path.compose_head):
+            sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
+            return FieldOutput(logits, sigma_raw, h128, keep)
+        a = self.alpha_linear
+        sigma_raw = linear_train(h, a.weight, a.bias, path.epilogue)[..., 0]
+        logits, h128 = self.head(h, self.view_bias(d_enc), path.epilogue)
+        return FieldOutput(logits, sigma_raw, h128, keep)
+
+    def trunk(self, x_enc, path: Path = REFERENCE):
+        """W-d trunk features [..., W] of encoded positions [..., input_ch] (paths in the
+        parameters' dtype or the half engine; the 16-bit training pass is `forward_mixed`'s)."""
+        fast = not path.grad and path.fused and x_enc.dim() >= 2
+        if (fast and path.pad_k) or x_enc.dtype != self.pts_linears[0].weight.dtype:
+            return self._trunk_padded(x_enc, path.skip_direct)
+        return self._trunk_layered(x_enc, path.epilogue, fast)
+
+    def density(self, x_enc, path: Path = REFERENCE):
+        """Raw density only (the coarse pass of an image render needs nothing else)."""
+        return self.field(x_enc, None, path, colour=False).sigma_raw
+
+    # -- the paths ---------------------------------------------------------------------------
+    def _trunk_layered(self, x_enc, epilogue=False, fused_relu=False):
+        """The trunk layer by layer: with autograd as `_Linear` (epilogue) or the eager pair;
+        without, optionally one fused GEMM+bias+ReLU call per layer (`linear_relu`)."""
         h = x_enc
         for i, layer in enumerate(self.pts_linears):
             h = (linear_train(h, layer.weight, layer.bias, True, relu=True) if epilogue
-                 else linear_relu(h, layer, fast))
+                 else linear_relu(h, layer, fused_relu))
             if i in self.skips:
                 h = torch.cat((x_enc, h), dim=-1)
         return h
@@ -176,7 +197,7 @@ class NeRF(nn.Module):
             return torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
         return w
 
-    def _trunk_padded(self, x_enc):
+    def _trunk_padded(self, x_enc, direct):
         """The trunk without autograd, in x_enc's dtype (the half engine's, or the parameters'):
         fused GEMM+bias+ReLU layers on weights cast to it.
 
@@ -187,7 +208,8 @@ class NeRF(nn.Module):
         encoded input is copied into it once (it is also layer 0's padded input, read in place),
         the layer before a skip writes its activation into the last W columns
         (`_relu_linear_into`), and the layer after reads the whole buffer as its K = pad_c + W
-        input. This replaces an F.pad of the input and a [M, pad_c + W] torch.cat per skip."""
+        input. This replaces an F.pad of the input and a [M, pad_c + W] torch.cat per skip.
+        direct: the layer before a skip writes into the buffer in place (`_relu_linear_into`)."""
         c, W, dt = self.input_ch, self.W, x_enc.dtype
         pad_c = c + (-c) % 8
         last = len(self.pts_linears) - 1
@@ -195,7 +217,6 @@ class NeRF(nn.Module):
         buf = x.new_empty((x.shape[0], pad_c + (W if self.skips else 0)))
         buf[:, :c] = x
         buf[:, c:pad_c] = 0       # zero weights times uninitialised memory could give NaN
-        direct = (_SKIP_WRITE or ("copy" if buf.is_cuda else "direct")) == "direct"
         h = buf[:, :pad_c]
         for i, layer in enumerate(self.pts_linears):
             w = self._padded_weight(i, pad_c - c).to(dt)
@@ -227,19 +248,18 @@ class NeRF(nn.Module):
         logits = _linear_n8(h128.reshape(-1, H), r.weight.to(dt), r.bias.to(dt))
         return y[..., H], logits.reshape(*h128.shape[:-1], logits.shape[-1]), h128
 
-    def forward_mixed(self, x_enc, d_enc, dtype, features=True):
-        """`forward` with autograd in a lower precision `dtype` (Renderer.train_dtype: float16 for
-        --precision mixed, bfloat16 in the benchmarks): every
-        affine layer runs on `dtype` casts of the float32 master weights (gradients reach them in
-        float32 through the casts), activations stay in `dtype`, and the outputs are cast back to
-        float32 for compositing, losses and Jacobians (the rgb_linear inputs only with `features`;
-        else rgb_features is None). The position input is zero-padded to a
-        multiple of 8 channels (with zero weight columns: the same sums plus zeros) so that the
-        first and the skip layer are tensor-core aligned. Same function as `forward` up to the
-        rounding of `dtype` (tests/test_precision.py)."""
+    def forward_mixed(self, x_enc, d_enc, dtype, features=True, epilogue=False, colour=True, trunk=False):
+        """The autograd pass in a lower precision `dtype` (Precision.train_dtype: float16 for
+        --precision mixed; bfloat16 in the benchmarks): every affine layer runs on `dtype` casts of
+        the float32 master weights (gradients reach them in float32 through the casts),
+        activations stay in `dtype`, and the outputs are cast back to float32 for compositing,
+        losses and Jacobians (the rgb_linear inputs only with `features`; else rgb_features is
+        None; the trunk output stays in `dtype`). The position input is zero-padded to a multiple
+        of 8 channels (with zero weight columns: the same sums plus zeros) so that the first and
+        the skip layer are tensor-core aligned. epilogue: the layers as `_Linear`. Same function as
+        `forward` up to the rounding of `dtype` (tests/test_precision.py)."""
         c, W = self.input_ch, self.W
         pad = (-c) % 8
-        epilogue = self._epilogue(x_enc)
         x = F.pad(x_enc.to(dtype), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
@@ -248,9 +268,12 @@ class NeRF(nn.Module):
                 h = torch.cat((x, h), dim=-1)
         a = self.alpha_linear
         sigma_raw = linear_train(h, a.weight.to(dtype), a.bias.to(dtype), epilogue)[..., 0]
+        keep = h if trunk else None
+        if not colour:
+            return FieldOutput(None, sigma_raw.float(), None, keep)
         view_term = F.linear(d_enc.to(dtype), self.views_linears[0].weight[:, W:].to(dtype))
         logits, h128 = self.head(h, view_term, epilogue, dtype)
-        return FieldOutput(logits.float(), sigma_raw.float(), h128.float() if features else None)
+        return FieldOutput(logits.float(), sigma_raw.float(), h128.float() if features else None, keep)
 
     def view_bias(self, d_enc):
         """The direction's contribution to views_linears.0 (per ray, shared by its samples)."""
@@ -264,27 +287,6 @@ class NeRF(nn.Module):
         feature = linear_train(h, cast(self.feature_linear.weight), cast(self.feature_linear.bias), fused)
         h128 = F.relu(linear_train(feature, cast(v.weight[:, :W]), cast(v.bias), fused) + view_term)
         return linear_train(h128, cast(self.rgb_linear.weight), cast(self.rgb_linear.bias), fused), h128
-
-    def forward(self, x_enc, d_enc):
-        """x_enc [..., S, input_ch]; d_enc broadcastable to [..., S, input_ch_views] (e.g. [R, 1, 27]).
-
-        Splitting views_linears.0 into its feature and direction columns computes the same
-        product as the original's concatenation without copying the direction to every sample.
-        """
-        h = self.trunk(x_enc)
-        if self._fast(h) and (self.inference.compose_head or h.dtype != self.rgb_linear.weight.dtype):
-            sigma_raw, logits, h128 = self._composed_head(h, self.view_bias(d_enc))
-            return FieldOutput(logits, sigma_raw, h128)
-        epilogue = self._epilogue(h)
-        a = self.alpha_linear
-        sigma_raw = linear_train(h, a.weight, a.bias, epilogue)[..., 0]
-        logits, h128 = self.head(h, self.view_bias(d_enc), epilogue)
-        return FieldOutput(logits, sigma_raw, h128)
-
-    def density(self, x_enc):
-        """Raw density only (the coarse pass of an image render needs nothing else)."""
-        h = self.trunk(x_enc)
-        return F.linear(h, self.alpha_linear.weight.to(h.dtype), self.alpha_linear.bias.to(h.dtype))[..., 0]
 
     def forward_taps(self, x_enc, d_enc):
         """`forward`, plus a LayerTap per affine layer, keyed by parameter prefix (`pts_linears.6`,

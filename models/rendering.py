@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.engine import Engine
+from models.nerf import FieldOutput
 from models.rays import ray_points, unpack_rays
 from models.samplers import fine_z, stratified_z
 
@@ -52,7 +54,7 @@ class _CumprodNoZeros(torch.autograd.Function):
     """torch.cumprod over the last dim of an input without zeros (the transmittance factors
     1 - alpha + 1e-10 >= 1e-10), with the backward PyTorch computes for that case (the reversed
     cumulative sum of grad * output, divided by the input) minus its host-side check for zeros,
-    which a CUDA graph cannot capture (Renderer.capture_safe)."""
+    which a CUDA graph cannot capture (render_rays' capture_safe)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -94,6 +96,11 @@ def composite(rgb_logits, sigma_raw, z, dir_norm, noise_std=0.0, white_bkgd=Fals
     return Composite(rgb, torch.sum(w * z, dim=-1), acc, w)
 
 
+def render_logits(weights, logits):
+    """S(r) = sum_i w_i s_i: weights [R, S], per-sample logits [R, S, C] -> [R, C] (no softmax)."""
+    return torch.sum(weights[..., None] * logits, dim=-2)
+
+
 def disparity(depth, acc):
     """1 / max(depth / acc, 1e-10), the original's disparity."""
     return 1.0 / torch.clamp(depth / acc, min=1e-10)
@@ -128,34 +135,24 @@ class FineSamples(NamedTuple):
 
 
 class Renderer(nn.Module):
-    def __init__(self, coarse, fine, pos_enc, dir_enc, options: RenderOptions, near=0.1, far=10.0):
+    """The coarse + fine networks, their encoders and the render options. `engine`
+    (models.engine.Engine, fixed at construction) says how the networks are evaluated: the
+    precision in force and the fast paths; `with_engine` gives a renderer on the same networks
+    with another one (benchmarks and tests compare engines that way)."""
+
+    def __init__(self, coarse, fine, pos_enc, dir_enc, options: RenderOptions, near=0.1, far=10.0,
+                 engine: Engine = Engine()):
         super().__init__()
         self.coarse, self.fine = coarse, fine
         self.pos_enc, self.dir_enc = pos_enc, dir_enc
         self.opts = options
         self.near, self.far = near, far
-        # None: evaluate the field in the parameters' dtype. torch.float16 / bfloat16: the half
-        # inference engine (no-autograd passes only: image renders, propagation); the networks'
-        # outputs are cast back, so compositing and responses stay in float32 (--precision fp16).
-        self.inference_dtype = None
-        # None: passes with autograd (training) run in the parameters' dtype. torch.float16
-        # (--precision mixed; the trainer adds a loss scale) or torch.bfloat16 (benchmarks only:
-        # withheld, it failed the precision check, docs/PERFORMANCE.md): they run
-        # NeRF.forward_mixed (16-bit activations, float32 master weights, float32 outputs).
-        self.train_dtype = None
-        # True: compositing uses a cumprod whose backward never syncs with the host (set by the
-        # graph-captured training step, training/graphs.py); same values.
-        self.capture_safe = False
+        self.engine = engine
 
-    def set_inference(self, options):
-        """Use `options` (models.nerf.InferenceOptions: the no-autograd fast paths) in both networks."""
-        self.coarse.inference = self.fine.inference = options
-        return self
-
-    def _engine_dtype(self):
-        if self.inference_dtype is None or torch.is_grad_enabled():
-            return None
-        return self.inference_dtype
+    def with_engine(self, engine: Engine) -> "Renderer":
+        """A renderer sharing these networks (and their weights) that evaluates them with `engine`."""
+        return Renderer(self.coarse, self.fine, self.pos_enc, self.dir_enc, self.opts, self.near, self.far,
+                        engine).train(self.training)
 
     # -- network evaluation in point chunks --------------------------------------------------
     def rays_per_call(self, net, samples):
@@ -166,65 +163,94 @@ class Renderer(nn.Module):
             points = min(points, max(1024, CPU_CALL_BYTES // (4 * net.W)))
         return max(1, points // samples)
 
-    def run_field(self, net, pts, viewdirs, features=True):
+    def run_field(self, net, pts, viewdirs, features=True, colour=True, head=None):
         """FieldOutput for pts [B, S, 3] seen along viewdirs [B, 3], at most netchunk points a call.
+        The pass is the engine's path for the current autograd mode (the one place that reads it).
         features=False: rgb_features may be None (image renders need only colour and density, and
-        skipping the [B, S, W/2] output saves a memory pass per chunk on the half engine)."""
+        skipping the [B, S, W/2] output saves a memory pass per chunk on the half engine);
+        colour=False: density only. head: a Semantic-NeRF head (models.semantic.SemanticHead); its
+        logits of the trunk output are returned as the `trunk` field. A network without trainable
+        parameters (the frozen NeRF of the fine-tune protocol) runs its inference path even with
+        autograd on; only the head is differentiated then."""
+        grad = torch.is_grad_enabled()
+        head_path = self.engine.path(grad, self.device)
+        net_grad = grad and (head is None or any(p.requires_grad for p in net.parameters()))
+        path = head_path if net_grad == grad else self.engine.path(False, self.device)
         d_enc = self.dir_enc(viewdirs)[:, None, :]
         per_call = self.rays_per_call(net, pts.shape[1])
-        dt = self._engine_dtype()
-        mixed = self.train_dtype is not None and torch.is_grad_enabled()
+        half = None if path.grad else path.dtype      # the half engine: cast in, outputs cast back
 
         def call(p, d):
-            if mixed:
-                return net.forward_mixed(self.pos_enc(p), d, self.train_dtype, features)
-            if dt is None:
-                return net(self.pos_enc(p), d)
-            out = net(self.pos_enc(p).to(dt), d)     # d stays float32: the per-ray view term
-            return type(out)(*(t.to(p.dtype) if (features or k != 2) else None for k, t in enumerate(out)))
+            x = self.pos_enc(p)
+            with torch.set_grad_enabled(net_grad):
+                out = net.field(x if half is None else x.to(half), d, path, features, colour, trunk=head is not None)
+            if half is not None:                        # d stays float32: the per-ray view term
+                out = FieldOutput(*(None if t is None or (k == 2 and not features) else t if k == 3 else t.to(p.dtype)
+                                    for k, t in enumerate(out)))
+            if head is not None:
+                out = out._replace(trunk=head.logits(out.trunk, head_path))
+            return out
 
         if pts.shape[0] <= per_call:
             return call(pts, d_enc)
         outs = [call(pts[i:i + per_call], d_enc[i:i + per_call]) for i in range(0, pts.shape[0], per_call)]
-        return type(outs[0])(*(torch.cat(parts, 0) if parts[0] is not None else None for parts in zip(*outs)))
+        return FieldOutput(*(torch.cat(parts, 0) if parts[0] is not None else None for parts in zip(*outs)))
 
     # -- one batch of rays ------------------------------------------------------------------
     def run_density(self, net, pts):
-        """Raw density of pts [B, S, 3], at most netchunk points a call (`rays_per_call`)."""
+        """Raw density of pts [B, S, 3] without autograd, at most netchunk points a call
+        (`rays_per_call`)."""
         per_call = self.rays_per_call(net, pts.shape[1])
-        dt = self._engine_dtype() or pts.dtype
-        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]).to(dt)).to(pts.dtype)
+        path = self.engine.path(torch.is_grad_enabled(), self.device)
+        dt = (None if path.grad else path.dtype) or pts.dtype
+        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]).to(dt), path).to(pts.dtype)
                           for i in range(0, pts.shape[0], per_call)], 0)
 
-    def render_rays(self, rays, train, keep_fine=False, generator=None, coarse_rgb=True):
+    def render_rays(self, rays, train, keep_fine=False, generator=None, coarse_rgb=True, heads=None, colour=True,
+                    keep_points=False, capture_safe=False):
         """Render rays [B, 11]. Returns a dict with rgb (fine), rgb_coarse, depth, acc, disp,
-        depth_coarse and, if keep_fine, 'fine': FineSamples with graph attached.
+        depth_coarse, sigma_raw_coarse / sigma_raw_fine and, if keep_fine, 'fine': FineSamples with
+        graph attached.
         coarse_rgb=False skips the coarse network's colour head (rgb_coarse is then None): the
-        importance samples need only the coarse density."""
+        importance samples need only the coarse density; colour=False skips both colour heads.
+        heads: (coarse, fine) Semantic-NeRF heads: adds the rendered logits S(r) = sum_i w_i s(x_i)
+        `logits` / `logits_coarse` [B, C] and, with keep_points, the fine samples' raw logits
+        `point_logits` [B, S, C] and `weights` [B, S].
+        capture_safe: compositing whose backward never syncs with the host (the CUDA-graph step)."""
         o = self.opts
+        head_c, head_f = heads if heads is not None else (None, None)
         viewdirs, dir_norm, z, jitter, noise = ray_setup(rays, o, train, generator)
         pts = ray_points(rays, z)
-        if coarse_rgb:
-            out_c = self.run_field(self.coarse, pts, viewdirs, features=False)
-            sigma_c = out_c.sigma_raw
-            comp_c = composite(out_c.rgb_logits, sigma_c, z, dir_norm, noise, o.white_bkgd, generator,
-                               self.capture_safe)
+        if coarse_rgb and colour:
+            out_c = self.run_field(self.coarse, pts, viewdirs, features=False, head=head_c)
+            comp_c = composite(out_c.rgb_logits, out_c.sigma_raw, z, dir_norm, noise, o.white_bkgd, generator,
+                               capture_safe)
         else:
-            sigma_c = self.run_density(self.coarse, pts)
-            w_c = composite_weights(sigma_c, z, dir_norm, noise, generator, self.capture_safe)
+            out_c = (self.run_field(self.coarse, pts, viewdirs, colour=False, head=head_c) if head_c is not None
+                     else FieldOutput(None, self.run_density(self.coarse, pts), None))
+            w_c = composite_weights(out_c.sigma_raw, z, dir_norm, noise, generator, capture_safe)
             comp_c = Composite(None, torch.sum(w_c * z, dim=-1), w_c.sum(-1), w_c)
 
         z_fine = fine_z(z, comp_c.weights, o.n_importance, not jitter, generator)
         pts = ray_points(rays, z_fine)
-        out_f = self.run_field(self.fine, pts, viewdirs, features=keep_fine)
-        comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,
-                           generator, self.capture_safe)
+        out_f = self.run_field(self.fine, pts, viewdirs, features=keep_fine, colour=colour, head=head_f)
+        if colour:
+            comp_f = composite(out_f.rgb_logits, out_f.sigma_raw, z_fine, dir_norm, noise, o.white_bkgd,
+                               generator, capture_safe)
+        else:
+            w_f = composite_weights(out_f.sigma_raw, z_fine, dir_norm, noise, generator, capture_safe)
+            comp_f = Composite(None, torch.sum(w_f * z_fine, dim=-1), w_f.sum(-1), w_f)
         result = dict(rgb=comp_f.rgb, rgb_coarse=comp_c.rgb, depth=comp_f.depth, acc=comp_f.acc,
                       depth_coarse=comp_c.depth, disp=disparity(comp_f.depth, comp_f.acc),
-                      sigma_raw_coarse=sigma_c, sigma_raw_fine=out_f.sigma_raw)
+                      sigma_raw_coarse=out_c.sigma_raw, sigma_raw_fine=out_f.sigma_raw)
         if keep_fine:
             result["fine"] = FineSamples(z_fine, comp_f.weights, out_f.rgb_logits, out_f.rgb_features,
                                          out_f.sigma_raw)
+        if head_f is not None:
+            result["logits"] = render_logits(comp_f.weights, out_f.trunk)
+            result["logits_coarse"] = render_logits(comp_c.weights, out_c.trunk) if head_c is not None else None
+            if keep_points:
+                result["point_logits"], result["weights"] = out_f.trunk, comp_f.weights
         return result
 
     @torch.no_grad()

@@ -16,24 +16,24 @@ parameters are nested as Semantic-NeRF's branch (`semantic_linear.0.0` = Linear(
 entries of a network state dict that embeds the branch load into it (`split_semantic_state`).
 
 Two protocols: joint training (trunk and head trained together) and fine-tuning the head on a
-trained plain checkpoint (trunk parameters with requires_grad False; `semantic_logits` then runs
-the trunk without autograd).
+trained plain checkpoint (trunk parameters with requires_grad False; the renderer then runs the
+trunk on its inference path, without autograd).
 
-`render_semantic_rays` is the coarse-to-fine render of `Renderer.render_rays` (the same samplers
-and compositing, models/samplers.py and models/rendering.py) with the semantic logits of every
-sample added, the trunk evaluated once per sample for density, colour and logits. For the 3D
-readout it also returns the fine samples' raw logits and weights: a point's label is
-argmax_c s_c(x_i), and a pixel's 3D label is the label with the largest rendered weight of its
-points, argmax_l sum_i w_i [argmax_c s_c(x_i) = l] (`point_vote_labels`), the way 3D propagation
-renders its per-point responses into a test view.
+The semantic render is `Renderer.render_rays(..., heads=(coarse, fine))`: the plain render (the
+same samplers, compositing and engine paths, float16 included) with each head's logits of the
+trunk output of every sample, rendered with the colour weights. For the 3D readout it also
+returns the fine samples' raw logits and weights: a point's label is argmax_c s_c(x_i), and a
+pixel's 3D label is the label with the largest rendered weight of its points,
+argmax_l sum_i w_i [argmax_c s_c(x_i) = l] (`point_vote_labels`), the way 3D propagation renders
+its per-point responses into a test view.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.engine import Path
+from models.nerf import linear_train
 from models.rays import ray_points
-from models.rendering import composite, composite_weights, disparity, ray_setup
-from models.samplers import fine_z
 
 # Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
 WGT_SEM = 4e-2
@@ -55,6 +55,19 @@ class SemanticHead(nn.Module):
 
     def forward(self, h):
         return self.semantic_linear(h)
+
+    def logits(self, h, path: Path):
+        """s(h) as a renderer pass evaluates it (Renderer.run_field): with autograd in `path`'s
+        training dtype (float16 casts of the float32 weights, float32 logits out) and layers, else
+        in the weights' dtype (a float16 trunk output of the half engine is cast up first)."""
+        first, last = self.semantic_linear[0][0], self.semantic_linear[1]
+        if path.grad and path.dtype is not None:
+            dt = path.dtype
+            hidden = linear_train(h.to(dt), first.weight.to(dt), first.bias.to(dt), path.epilogue, relu=True)
+            return linear_train(hidden, last.weight.to(dt), last.bias.to(dt), path.epilogue).float()
+        epilogue = path.grad and path.epilogue
+        hidden = linear_train(h.to(last.weight.dtype), first.weight, first.bias, epilogue, relu=True)
+        return linear_train(hidden, last.weight, last.bias, epilogue)
 
 
 def semantic_logits(net, head, x_enc):
@@ -80,81 +93,25 @@ def semantic_logits_at(renderer, net, head, rays, z):
     return semantic_logits(net, head, renderer.pos_enc(ray_points(rays, z)))
 
 
-def render_logits(weights, logits):
-    """S(r) = sum_i w_i s_i: weights [R, S], logits [R, S, C] -> [R, C] (no softmax)."""
-    return torch.sum(weights[..., None] * logits, dim=-2)
-
-
 def semantic_loss(logits_coarse, logits_fine, labels, ignore=-1):
     """CE(S_coarse) + CE(S_fine), each the mean over labelled rays of -log softmax(S(r))[label(r)].
 
     logits_*: rendered logits [R, C] (logits_coarse may be None: fine only); labels [R] int in
-    0..C-1, `ignore` for unlabelled or void rays. With no labelled ray the result is a zero that
+    0..C-1, `ignore` for unlabelled or void rays. Written without a host sync (a masked sum over
+    the count), so that the CUDA-graph step can run it; with no labelled ray it is a zero that
     still depends on the logits (backward gives zero gradients instead of NaN)."""
     parts = [x for x in (logits_coarse, logits_fine) if x is not None]
     if not parts:
         raise ValueError("semantic_loss: no logits given")
     keep = labels != ignore
-    if not bool(keep.any()):
-        return sum(x.sum() for x in parts) * 0.0
-    target = labels[keep].long()
-    return sum(F.cross_entropy(x[keep], target) for x in parts)
+    count = keep.sum().clamp(min=1).to(parts[0].dtype)
+    target = torch.where(keep, labels, torch.zeros_like(labels)).long()
+    return sum((F.cross_entropy(x, target, reduction="none") * keep).sum() / count for x in parts)
 
 
 def predict_labels(logits):
     """Class index argmax_c S(r) [R] of rendered logits [R, C]."""
     return torch.argmax(logits, dim=-1)
-
-
-# -- rendering -----------------------------------------------------------------------------------
-def _field(renderer, net, head, pts, viewdirs, colour):
-    """(sigma_raw [B, S], colour logits [B, S, 3] or None, semantic logits [B, S, C]) at pts
-    [B, S, 3]; the trunk runs once, without a graph when the NeRF is frozen (see semantic_logits)."""
-    x = renderer.pos_enc(pts)
-    trunk_grad = torch.is_grad_enabled() and any(p.requires_grad for p in net.pts_linears.parameters())
-    with torch.set_grad_enabled(trunk_grad):
-        h = net.trunk(x)
-        sigma = net.alpha_linear(h)[..., 0]
-        rgb = None
-        if colour:
-            rgb, _ = net.head(h, net.view_bias(renderer.dir_enc(viewdirs)[:, None, :]))
-    return sigma, rgb, head(h.to(head.semantic_linear[1].weight.dtype))
-
-
-def _composite(rgb_logits, sigma_raw, z, dir_norm, noise, white_bkgd, generator):
-    """(weights [B, S], colour [B, 3] or None when rgb_logits is None: no colour head was run)."""
-    if rgb_logits is None:
-        return composite_weights(sigma_raw, z, dir_norm, noise, generator), None
-    comp = composite(rgb_logits, sigma_raw, z, dir_norm, noise, white_bkgd, generator)
-    return comp.weights, comp.rgb
-
-
-def render_semantic_rays(renderer, heads, rays, train, colour=True, keep_points=False, generator=None):
-    """Render rays [B, 11] coarse + fine with semantic logits (module doc). heads: (coarse head,
-    fine head). Training mode: stratified jitter, random importance samples and density noise, as
-    `Renderer.render_rays`; evaluation mode is deterministic.
-
-    Returns dict: logits / logits_coarse (rendered S(r) [B, C]), rgb / rgb_coarse ([B, 3]; None
-    when colour=False), depth, acc, disp, sigma_raw_coarse / sigma_raw_fine; with keep_points
-    also point_logits [B, S, C] (the fine samples' raw logits) and weights [B, S]."""
-    o = renderer.opts
-    head_c, head_f = heads
-    viewdirs, dir_norm, z, jitter, noise = ray_setup(rays, o, train, generator)
-    pts = ray_points(rays, z)
-    sigma_c, rgb_c, s_c = _field(renderer, renderer.coarse, head_c, pts, viewdirs, colour)
-    w_c, out_rgb_c = _composite(rgb_c, sigma_c, z, dir_norm, noise, o.white_bkgd, generator)
-
-    z_fine = fine_z(z, w_c, o.n_importance, not jitter, generator)
-    pts = ray_points(rays, z_fine)
-    sigma_f, rgb_f, s_f = _field(renderer, renderer.fine, head_f, pts, viewdirs, colour)
-    w_f, out_rgb_f = _composite(rgb_f, sigma_f, z_fine, dir_norm, noise, o.white_bkgd, generator)
-    depth, acc = torch.sum(w_f * z_fine, dim=-1), w_f.sum(-1)
-    out = dict(logits=render_logits(w_f, s_f), logits_coarse=render_logits(w_c, s_c), rgb=out_rgb_f,
-               rgb_coarse=out_rgb_c, depth=depth, acc=acc, disp=disparity(depth, acc),
-               sigma_raw_coarse=sigma_c, sigma_raw_fine=sigma_f)
-    if keep_points:
-        out["point_logits"], out["weights"] = s_f, w_f
-    return out
 
 
 def point_vote_labels(weights, point_logits, num_classes):

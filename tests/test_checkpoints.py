@@ -10,6 +10,7 @@ from models.checkpoints import apply_checkpoint, checkpoint_path, latest_checkpo
 from models.factory import build_renderer
 from tests.cli_helpers import write_config
 from tests.tiny_scene import write_tiny_replica
+from training.objectives import nerf_parameters
 from training.trainer import Trainer, build_optimizer
 from utils.errors import InputError
 
@@ -57,7 +58,7 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     torch.save(data, path)
     opts = full_options(str(tmp_path))
     r = build_renderer(opts.model, torch.device("cpu"))
-    opt = build_optimizer(r, 5e-4)
+    opt = build_optimizer([nerf_parameters(r)], 5e-4)
     apply_checkpoint(path, load_checkpoint(path), r, opt)
     for k, v in data["network_fine_state_dict"].items():
         assert torch.equal(r.fine.state_dict()[k], v)

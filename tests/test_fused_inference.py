@@ -9,8 +9,20 @@ import pytest
 import torch
 
 from models.encoding import PositionalEncoding
-from models.nerf import InferenceOptions, NeRF
+from models.engine import Engine
+from models.nerf import NeRF
 from models.rendering import Renderer, RenderOptions
+from utils.precision import Precision
+
+LAYERED = Engine(fused=False)       # the inference passes on the layered network
+
+
+def _infer(net, x, d, engine=Engine(), skip_write=None):
+    """The network's pass without autograd as a renderer with `engine` runs it (on the CPU)."""
+    from dataclasses import replace
+    path = replace(engine, skip_write=skip_write or engine.skip_write).path(False, "cpu")
+    with torch.no_grad():
+        return net.field(x, d, path), net.density(x, path), net.trunk(x, path)
 
 
 def _rays(n, dtype=torch.float64, generator=None, near=0.1, far=4.0):
@@ -21,13 +33,17 @@ def _rays(n, dtype=torch.float64, generator=None, near=0.1, far=4.0):
 
 
 def test_fast_paths_are_on_by_default():
-    assert NeRF(W=32).inference == InferenceOptions(fused=True, pad_k=True, compose_head=True)
+    e = Engine()
+    assert (e.fused, e.pad_k, e.compose_head, e.precision.name) == (True, True, True, "fp32")
+    p = e.path(False, "cpu")
+    assert not p.grad and p.fused and p.pad_k and p.compose_head and p.skip_direct and p.dtype is None
+    assert not e.path(True, "cpu").epilogue and e.path(True, "cuda").epilogue     # the _Linear layers: CUDA only
 
 
 def _eager(net, x, d):
     with torch.enable_grad():          # the autograd path is the plain layered network
         out = net(x, d)
-    return [t.detach() for t in out]
+    return [t.detach() for t in out[:3]]
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -40,11 +56,8 @@ def test_fused_field_equals_layered_field(dtype, tol, pad, compose):
     x = torch.randn(7, 11, 63, dtype=dtype)
     d = torch.randn(7, 1, 27, dtype=dtype)
     ref = _eager(net, x, d)
-    net.inference = InferenceOptions(fused=True, pad_k=pad, compose_head=compose)
-    with torch.no_grad():
-        got = net(x, d)
-        sigma = net.density(x)
-    for a, b in zip(got, ref):
+    got, sigma, _ = _infer(net, x, d, Engine(fused=True, pad_k=pad, compose_head=compose))
+    for a, b in zip(got[:3], ref):
         assert a.shape == b.shape
         assert torch.allclose(a, b, rtol=tol, atol=tol * b.abs().max()), (a - b).abs().max()
     assert torch.allclose(sigma, ref[1], rtol=tol, atol=tol * ref[1].abs().max())
@@ -56,9 +69,7 @@ def test_image_render_without_coarse_colour_equals_full_render():
     r = Renderer(coarse, fine, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
                  RenderOptions(n_samples=16, n_importance=16, netchunk=100), near=0.1, far=4.0).double()
     rays = _rays(40)
-    r.set_inference(InferenceOptions(fused=False))
-    ref = r.render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc", "rgb_coarse"))
-    r.set_inference(InferenceOptions(fused=True, pad_k=True, compose_head=True))
+    ref = r.with_engine(LAYERED).render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc", "rgb_coarse"))
     fast = r.render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc"))
     for k in ("rgb", "depth", "acc"):
         assert torch.allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12), k
@@ -82,7 +93,7 @@ def test_half_engine_follows_the_float32_render(dtype):
     with torch.no_grad():
         field_ref = r.run_field(r.fine, o[:, None, :], dirs)
     assert ref["depth"].min() > 0.5 and ref["rgb"].std() > 0.01     # a non-trivial render
-    r.inference_dtype = dtype
+    r = r.with_engine(Engine(precision=Precision("half", "the half engine", inference_dtype=dtype)))
     got = r.render_chunked(rays, keys=("rgb", "depth"))
     tol = 2e-3 if dtype == torch.float16 else 2e-2
     assert got["rgb"].dtype == torch.float32 and got["depth"].dtype == torch.float32
@@ -120,11 +131,10 @@ NETS = [dict(W=32, D=8, skips=(4,), input_ch=63), dict(W=64, D=5, skips=(1, 3), 
 @pytest.mark.parametrize("write", ["direct", "copy"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("kw", NETS)
-def test_skip_buffer_trunk_and_field_equal_layered(kw, dtype, tol, write, monkeypatch):
+def test_skip_buffer_trunk_and_field_equal_layered(kw, dtype, tol, write):
     """The padded trunk builds the skip input in one buffer (the layer before a skip writes into
     its last W columns, in place or through a copy) and the composed head has 8-aligned outputs;
     both must give the layered network's values, for any width, depth, skips and odd chunk."""
-    monkeypatch.setattr("models.nerf._SKIP_WRITE", write)
     net = _random_net(dtype, **kw)
     c = kw["input_ch"]
     for shape in [(1, 1), (7, 11), (1, 13), (97,)]:
@@ -132,16 +142,13 @@ def test_skip_buffer_trunk_and_field_equal_layered(kw, dtype, tol, write, monkey
         d = torch.randn(*(shape[:1] + (1,) * (len(shape) - 1)), 27, dtype=dtype)
         with torch.enable_grad():
             ref_h = net.trunk(x).detach()
-        with torch.no_grad():
-            h = net.trunk(x)
+        _, _, h = _infer(net, x, d, skip_write=write)
         assert _close(h, ref_h, tol), (shape, (h - ref_h).abs().max())
         if net.D - 1 in net.skips:
             continue                    # the trunk's output is [x, h]: no head takes it
         ref = _eager(net, x, d)
-        with torch.no_grad():
-            got = net(x, d)
-            sigma = net.density(x)
-        for a, b in zip(got, ref):
+        got, sigma, _ = _infer(net, x, d, skip_write=write)
+        for a, b in zip(got[:3], ref):
             assert _close(a, b, tol), (shape, (a - b).abs().max())
         assert _close(sigma, ref[1], tol)
 
@@ -152,7 +159,7 @@ def test_last_layer_skip_trunk():
     with torch.enable_grad():
         ref = net.trunk(x).detach()
     with torch.no_grad():
-        h = net.trunk(x)
+        h = net.trunk(x, Engine().path(False, "cpu"))
     assert h.shape == (5, 3, 63 + 32) and _close(h, ref, 1e-12)
 
 
@@ -179,11 +186,10 @@ def test_padded_head_equals_unpadded(W, dtype, tol):
 
 
 @pytest.mark.parametrize("write", ["direct", "copy"])
-def test_image_render_in_odd_chunks_equals_layered_render(write, monkeypatch):
+def test_image_render_in_odd_chunks_equals_layered_render(write):
     """A render whose network calls get odd point counts (netchunk 77, chunks of 9 rays: coarse
     calls of 5 x 13 and 4 x 13 points, fine of 2 x 31 and 1 x 31) equals the layered network's,
     on a 6 x 64 net with two skips."""
-    monkeypatch.setattr("models.nerf._SKIP_WRITE", write)
     torch.manual_seed(4)
     nets = [NeRF(W=64, D=6, skips=(1, 3)).double() for _ in range(2)]
     for p in (p for n in nets for p in n.parameters()):
@@ -191,10 +197,8 @@ def test_image_render_in_odd_chunks_equals_layered_render(write, monkeypatch):
     r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
                  RenderOptions(n_samples=13, n_importance=18, netchunk=77), near=0.1, far=4.0).double()
     rays = _rays(23)
-    r.set_inference(InferenceOptions(fused=False))
-    ref = r.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
-    r.set_inference(InferenceOptions())
-    fast = r.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    ref = r.with_engine(LAYERED).render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    fast = r.with_engine(Engine(skip_write=write)).render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
     for k in ("rgb", "depth", "acc"):
         assert torch.allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12), k
 
@@ -213,7 +217,12 @@ def test_cpu_renders_cap_the_points_per_call(monkeypatch):
     with torch.enable_grad():
         assert r.rays_per_call(r.fine, 32) == (1 << 18) // 32
     calls = []
-    r.fine.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    field = r.fine.field
+
+    def counted(x, *args, **kw):
+        calls.append(x.shape[0])
+        return field(x, *args, **kw)
+    monkeypatch.setattr(r.fine, "field", counted)
     capped = r.render_chunked(rays, keys=("rgb", "depth"))
     assert len(calls) == 6 and max(calls) * 32 <= 16384           # 3000 rays x 32 fine samples
     monkeypatch.setattr(rendering, "CPU_CALL_BYTES", 1 << 40)

@@ -20,8 +20,9 @@ from models.factory import build_renderer
 from training.contrastive import adaptive_threshold_scan, adaptive_threshold_scan_device, threshold_masks, \
     threshold_masks_device
 from training.graphs import FastStep, fast_step_reason
-from training.shaping import DeviceDescriptors, build_shaper
+from training.shaping import DeviceDescriptors, ShapingObjective, build_shaper
 from training.trainer import Trainer
+from utils.precision import PRECISIONS
 
 PAPER_FLAGS = ["--load_dino", "--contrastive_2d", "--contrastive_starting_step", "0", "--contrastive_step", "1",
                "--wgt_img", "1", "--wgt_contrastive", "1e-2", "--wgt_gradient", "1e-2", "--rgb_layer",
@@ -105,9 +106,9 @@ def make_trainer(tmp_path, device, shaping=False, extra=(), width=16, n_rays=24,
                    train=replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9)))
     scene = random_scene()
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device)
-    shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
-    trainer = Trainer(opts.train, scene, renderer, str(tmp_path), shaper=shaper, seed=0, log=False)
+    renderer = build_renderer(opts.model, device, PRECISIONS[opts.model.precision])
+    objective = ShapingObjective(opts.train, build_shaper(opts, scene, renderer, None)[0]) if shaping else None
+    trainer = Trainer(opts.train, scene, renderer, str(tmp_path), objective, seed=0, log=False)
     if fused_adam:      # the graph path runs the fused Adam kernel; so does the eager step on CUDA
         params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
         trainer.optimizer = torch.optim.Adam(params, lr=trainer.opts.lrate, betas=(0.9, 0.999), fused=True)
@@ -155,10 +156,10 @@ def test_graph_step_function_equals_the_eager_step_on_cpu(tmp_path, shaping, one
         assert torch.allclose(p0["exp_avg_sq"], p1["exp_avg_sq"], rtol=1e-5, atol=1e-12)
     assert eager.batcher.state_dict()["pos"] == graph.batcher.state_dict()["pos"]
     if shaping:
-        assert eager.shaper.tau == graph.shaper.tau
-        assert eager.shaper.steps == graph.shaper.steps == 6
-        assert eager.shaper.tau != 0.8                     # the threshold moved
-        s0, s1 = eager.shaper.summary(), graph.shaper.summary()
+        assert eager.objective.shaper.tau == graph.objective.shaper.tau
+        assert eager.objective.shaper.steps == graph.objective.shaper.steps == 6
+        assert eager.objective.shaper.tau != 0.8                     # the threshold moved
+        s0, s1 = eager.objective.shaper.summary(), graph.objective.shaper.summary()
         assert math.isclose(s0["mean_pos_ratio"], s1["mean_pos_ratio"], rel_tol=1e-12)
         assert s0["pos_threshold_final"] == s1["pos_threshold_final"]
 
@@ -168,7 +169,7 @@ def test_device_loss_equals_the_host_loss_in_float64(tmp_path):
     the threshold state carried over several batches."""
     tr = make_trainer(tmp_path, "cpu", shaping=True)
     tr.renderer.double()
-    host = tr.shaper
+    host = tr.objective.shaper
     dev = build_shaper(*_shaper_args(tmp_path))[0]
     dev.to_device("cpu")
     for step in range(4):
@@ -197,7 +198,7 @@ def _shaper_args(tmp_path):
 
 def test_unsupported_shaping_options_stay_eager(tmp_path):
     tr = make_trainer(tmp_path, "cpu", shaping=True, extra=["--random_channel"])
-    assert tr.shaper.device_reason() is not None
+    assert tr.objective.shaper.device_reason() is not None and tr.objective.capture_reason().startswith("shaping:")
     assert fast_step_reason(tr) is not None
 
 
@@ -239,7 +240,7 @@ def test_replayed_graph_equals_the_uncaptured_step(tmp_path, shaping, precision)
     d_ac = max(float((wa - wc).abs().max()) for wa, wc in zip(weights(a), weights(c)))
     print(f"{precision} shaping={shaping}: max |w_graph - w_uncaptured| = {d_ab:.3e}, max |w_graph - w_eager| = {d_ac:.3e}; "
           f"final loss {la[-1]['Train/Loss/total_loss']:.9f} / {lb[-1]['Train/Loss/total_loss']:.9f} / "
-          f"{lc[-1]['Train/Loss/total_loss']:.9f}" + (f"; tau {a.shaper.tau} / {b.shaper.tau} / {c.shaper.tau}"
+          f"{lc[-1]['Train/Loss/total_loss']:.9f}" + (f"; tau {a.objective.shaper.tau} / {b.objective.shaper.tau} / {c.objective.shaper.tau}"
                                                         if shaping else ""))
     for wa, wb, wc in zip(weights(a), weights(b), weights(c)):
         assert torch.allclose(wa, wb, rtol=1e-5, atol=1e-7), (wa - wb).abs().max()
@@ -251,8 +252,8 @@ def test_replayed_graph_equals_the_uncaptured_step(tmp_path, shaping, precision)
     if shaping:
         # the same device code: the same threshold; the host path's float32 similarities may
         # round differently (CPU BLAS order), which can move a borderline anchor by one step
-        assert a.shaper.tau == b.shaper.tau
-        assert abs(a.shaper.tau - c.shaper.tau) <= 0.0015
+        assert a.objective.shaper.tau == b.objective.shaper.tau
+        assert abs(a.objective.shaper.tau - c.objective.shaper.tau) <= 0.0015
 
 
 def test_capture_safe_cumprod_equals_torch_cumprod():

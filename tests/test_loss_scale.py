@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.engine import Engine, Path
 from models.nerf import NeRF, _Linear
 from training.graphs import FastStep
 from training.loss_scale import LOSS_SCALE_TAG, LossScaler
@@ -35,8 +36,8 @@ def test_fused_linear_equals_the_eager_ops_in_float64(relu):
 
 
 def test_network_with_the_epilogue_layers_is_the_network():
-    """NeRF.train_epilogue (on by default on CUDA only) changes nothing but rounding: forward
-    and forward_mixed, values and parameter gradients, in float64."""
+    """The training layers' epilogue (Path.epilogue: on by default on CUDA only) changes nothing
+    but rounding: the layered and the mixed pass, values and parameter gradients, in float64."""
     torch.manual_seed(0)
     net = NeRF(W=32).double()
     gen = torch.Generator().manual_seed(1)
@@ -45,18 +46,16 @@ def test_network_with_the_epilogue_layers_is_the_network():
     params = list(net.parameters())
     results = []
     for flag in (False, True):
-        net.train_epilogue = flag
-        for fn in (lambda: net(x, d), lambda: net.forward_mixed(x, d, torch.float64)):
-            out = fn()
+        for path in (Path(True, epilogue=flag), Path(True, torch.float64, epilogue=flag)):
+            out = net.field(x, d, path)
             loss = out.rgb_logits.square().sum() + out.sigma_raw.square().sum() + out.rgb_features.sum()
-            results.append((out, torch.autograd.grad(loss, params)))
+            results.append((out[:3], torch.autograd.grad(loss, params)))
     for ref, got in ((results[0], results[2]), (results[1], results[3])):
         for a, c in zip(ref[0], got[0]):
             assert torch.allclose(a, c, rtol=1e-12, atol=1e-12)
         for a, c in zip(ref[1], got[1]):
             assert torch.allclose(a, c, rtol=1e-10, atol=1e-12)
-    net.train_epilogue = None
-    assert not net._epilogue(x)        # CPU default: the eager pair
+    assert not Engine().path(True, "cpu").epilogue       # CPU default: the eager pair
 
 
 def test_scaler_follows_the_gradscaler_rule():
@@ -166,7 +165,7 @@ def test_graph_step_with_the_scale_equals_the_eager_step(tmp_path, shaping, one_
         assert float(st["step"]) == 7
     assert eager.scaler.state_dict() == graph.scaler.state_dict()
     if shaping:
-        assert eager.shaper.tau == graph.shaper.tau
+        assert eager.objective.shaper.tau == graph.objective.shaper.tau
 
 
 def test_the_scale_is_saved_and_restored(tmp_path, one_thread):

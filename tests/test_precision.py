@@ -1,13 +1,15 @@
-"""bf16 training (models.nerf.NeRF.forward_mixed, Renderer.train_dtype) against the float32 network,
+"""bf16 training (models.nerf.NeRF.forward_mixed, Precision.train_dtype) against the float32 network,
 and the --precision choices (CUDA only; the CPU runs float32; bf16 is withheld from them until it
 passes the precision check, docs/PERFORMANCE.md)."""
 import pytest
 import torch
 
 from main import parse_options
+from models.engine import Engine
 from models.factory import build_renderer
 from models.nerf import NeRF
 from tests.tiny_models import tiny_renderer
+from utils.precision import FP32, PRECISIONS, Precision
 
 
 def _net(seed=0, W=64):
@@ -30,12 +32,12 @@ def test_mixed_pass_in_float32_is_the_network():
     x, d = _inputs()
     ref = net(x, d)
     got = net.forward_mixed(x, d, torch.float32)
-    for a, b in zip(got, ref):
+    for a, b in zip(got[:3], ref[:3]):
         assert a.dtype == torch.float32
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max())), (a - b).abs().max()
     params = list(net.parameters())
-    ga = torch.autograd.grad(sum(t.square().sum() for t in ref), params)
-    gb = torch.autograd.grad(sum(t.square().sum() for t in got), params)
+    ga = torch.autograd.grad(sum(t.square().sum() for t in ref[:3]), params)
+    gb = torch.autograd.grad(sum(t.square().sum() for t in got[:3]), params)
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())), (a - b).abs().max()
 
@@ -47,7 +49,7 @@ def test_mixed_pass_in_bfloat16_follows_float32():
     x, d = _inputs()
     ref = net(x, d)
     got = net.forward_mixed(x, d, torch.bfloat16)
-    for a, b in zip(got, ref):
+    for a, b in zip(got[:3], ref[:3]):
         assert a.dtype == torch.float32
         assert (a - b).abs().max() <= 0.05 * b.abs().max()
     loss = got.rgb_logits.square().mean() + got.sigma_raw.square().mean()
@@ -65,15 +67,14 @@ def test_training_render_uses_the_mixed_pass_only_with_autograd():
     rays = torch.cat((o, dirs, torch.full((20, 1), 0.5), torch.full((20, 1), 4.0), dirs), 1)
     with torch.enable_grad():
         ref = r.render_rays(rays, train=False, keep_fine=True)
-    r.train_dtype = torch.bfloat16
+    bf16 = r.with_engine(Engine(precision=Precision("bf16", "bfloat16 training passes", train_dtype=torch.bfloat16)))
     with torch.enable_grad():
-        got = r.render_rays(rays, train=False, keep_fine=True)
+        got = bf16.render_rays(rays, train=False, keep_fine=True)
     assert got["rgb"].dtype == torch.float32 and got["rgb"].requires_grad
     assert (got["rgb"] - ref["rgb"]).abs().max() < 3e-2
     assert got["fine"].features.dtype == torch.float32
     assert not torch.equal(got["rgb"], ref["rgb"])               # it did run in bfloat16
-    plain = r.render_chunked(rays, keys=("rgb",))                 # no autograd: float32 as before
-    r.train_dtype = None
+    plain = bf16.render_chunked(rays, keys=("rgb",))              # no autograd: float32 as before
     assert torch.equal(plain["rgb"], r.render_chunked(rays, keys=("rgb",))["rgb"])
 
 
@@ -83,8 +84,9 @@ def test_precision_choices_and_the_cpu(tmp_path, precision):
     _, opts = parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
                              "--precision", precision])
     assert opts.model.precision == precision
-    r = build_renderer(opts.model, torch.device("cpu"))
-    assert r.train_dtype is None and r.inference_dtype is None
+    r = build_renderer(opts.model, torch.device("cpu"), PRECISIONS[precision])
+    assert r.engine.precision is FP32
+    assert PRECISIONS[precision].on("cuda") is PRECISIONS[precision]
 
 
 @pytest.mark.parametrize("precision", ["fp8", "bf16"])

@@ -8,8 +8,8 @@ import torch
 
 from models.encoding import PositionalEncoding
 from models.nerf import NeRF
-from models.rendering import Renderer, RenderOptions
-from models.semantic import (WGT_SEM, SemanticHead, load_semantic_state, predict_labels, render_logits,
+from models.rendering import Renderer, RenderOptions, render_logits
+from models.semantic import (WGT_SEM, SemanticHead, load_semantic_state, predict_labels,
                              semantic_logits, semantic_logits_at, semantic_loss, semantic_state,
                              split_semantic_state)
 

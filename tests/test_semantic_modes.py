@@ -10,8 +10,8 @@ import torch
 
 import main as jnerf_main
 from models.checkpoints import load_checkpoint, load_semantic_heads, save_checkpoint
-from models.semantic import (SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, render_logits,
-                             render_semantic_rays, semantic_logits_at, semantic_state)
+from models.rendering import render_logits
+from models.semantic import SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, semantic_logits_at, semantic_state
 from tests.cli_helpers import write_config
 from tests.tiny_models import tiny_renderer
 from utils.errors import InputError
@@ -40,7 +40,7 @@ def test_semantic_render_is_the_plain_render_plus_rendered_logits():
     rays = _rays()
     with torch.no_grad():
         ref = r.render_rays(rays, train=False, keep_fine=True)
-        out = render_semantic_rays(r, heads, rays, train=False, keep_points=True)
+        out = r.render_rays(rays, heads=heads, train=False, keep_points=True)
     for key in ("rgb", "rgb_coarse", "depth", "acc"):
         assert torch.allclose(out[key], ref[key], atol=1e-10), key
     assert torch.allclose(out["weights"], ref["fine"].weights, atol=1e-10)
@@ -51,7 +51,7 @@ def test_semantic_render_is_the_plain_render_plus_rendered_logits():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     with torch.no_grad():
         a = r.render_rays(rays, train=True, generator=g1)
-        b = render_semantic_rays(r, heads, rays, train=True, generator=g2)
+        b = r.render_rays(rays, heads=heads, train=True, generator=g2)
     assert torch.allclose(a["rgb"], b["rgb"], atol=1e-10) and torch.allclose(a["rgb_coarse"], b["rgb_coarse"],
                                                                                atol=1e-10)
 
@@ -73,13 +73,13 @@ def test_frozen_nerf_gets_no_gradient_and_joint_reaches_the_trunk():
     rays = _rays(8)
     labels = torch.tensor([0, 1, 2, -1, 0, 1, 2, -1])
     from models.semantic import semantic_loss
-    out = render_semantic_rays(r, heads, rays, train=True)
+    out = r.render_rays(rays, heads=heads, train=True)
     semantic_loss(out["logits_coarse"], out["logits"], labels).backward()
     assert r.fine.pts_linears[0].weight.grad is not None and heads[1].semantic_linear[1].weight.grad is not None
     r.zero_grad(set_to_none=True)
     for p in r.parameters():
         p.requires_grad_(False)
-    out = render_semantic_rays(r, heads, rays, train=True)
+    out = r.render_rays(rays, heads=heads, train=True)
     assert not out["sigma_raw_fine"].requires_grad
     semantic_loss(out["logits_coarse"], out["logits"], labels).backward()
     assert all(p.grad is None for p in r.parameters())
@@ -89,7 +89,7 @@ def test_frozen_nerf_gets_no_gradient_and_joint_reaches_the_trunk():
 def test_checkpoint_keeps_the_heads_under_their_own_key(tmp_path):
     r = tiny_renderer().float()
     heads = (SemanticHead(16, 4), SemanticHead(16, 4))
-    path = save_checkpoint(str(tmp_path / "000001.ckpt"), 1, r, semantic=semantic_state(*heads))
+    path = save_checkpoint(str(tmp_path / "000001.ckpt"), 1, r, entries={SEMANTIC_KEY: semantic_state(*heads)})
     data = load_checkpoint(path)
     assert set(data[SEMANTIC_KEY]) >= {"coarse", "fine", "num_classes"}
     fresh = (SemanticHead(16, 4), SemanticHead(16, 4))

@@ -19,7 +19,7 @@ from tests.test_jacobians import random_rays, small_renderer
 from training._reference import slow_shaping
 from training.batching import Batch
 from training.contrastive import adaptive_threshold_scan
-from training.shaping import Shaper, build_shaper
+from training.shaping import Shaper, ShapingObjective, build_shaper
 from training.trainer import Trainer
 from utils.errors import InputError
 from utils.options import ShapingOptions
@@ -273,7 +273,8 @@ def _oracle_run(room, tmp_path):
                         "--wgt_gradient", "1e-2", "--gradient_norm_loss", "--contrastive_abs")
     shaper, frames = build_shaper(opts2, scene, renderer, rng)
     assert shaper.mode == "labels" and shaper.labels is not None
-    trainer = Trainer(opts2.train, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, seed=0,
+    trainer = Trainer(opts2.train, scene, renderer, str(tmp_path / "run"), ShapingObjective(opts2.train, shaper), frames=frames,
+                      seed=0,
                       log=False)
     for step in range(100):
         trainer.train_step(step)
@@ -346,7 +347,8 @@ def test_every_shaping_option_runs(room, tmp_path, name):
     scene = load_scene(opts.data)
     renderer = build_renderer(opts.model, torch.device("cpu"))
     shaper, frames = build_shaper(opts, scene, renderer, rng)
-    trainer = Trainer(opts.train, scene, renderer, str(tmp_path / "run"), shaper=shaper, frames=frames, seed=0,
+    trainer = Trainer(opts.train, scene, renderer, str(tmp_path / "run"), ShapingObjective(opts.train, shaper), frames=frames,
+                      seed=0,
                       log=False)
     if "unmasked" in name:
         assert trainer.batcher.mode == "unmasked" and frames == [1, 3]   # sparse_ratio 0.5 drops frames 0 and 2

@@ -8,7 +8,9 @@ stored. Modes (`TrainOptions.batching`), as the original:
   pixels of it;
 - "fixed" (`--sample_fixed`): image 0, N evenly spaced pixels;
 - "unmasked" (`--from_unmasked_only`, `--from_unmasked`): like no_batching but only among the
-  given frames (those whose labels are kept).
+  given frames (those whose labels are kept);
+- "pixels" (the Semantic-NeRF fine-tune protocol): only the given pixels (frame, v, u), min(N, P)
+  of the P per step: all of them when P <= N, else consecutive slices of a permutation of them.
 
 Permutations come from a CPU generator seeded with (base seed, epoch), so a checkpoint only
 needs the base seed, the epoch and the position to resume the exact same stream.
@@ -32,7 +34,7 @@ class RayBatcher:
     `cameras` (models.cameras.Cameras of the training split)."""
 
     def __init__(self, cameras, rgb, n_rays, device, mode, frames=None, base_seed=None,
-                 keep_on_cpu=False):
+                 keep_on_cpu=False, pixels=None):
         self.n = int(n_rays)
         self.device = torch.device(device)
         self.mode = mode
@@ -41,6 +43,12 @@ class RayBatcher:
         self.frames = torch.as_tensor(frames if frames is not None else range(self.num_frames)).long()
         if self.frames.numel() == 0:
             raise ValueError("no frames to sample rays from")
+        if mode == "pixels":          # (frame, flat pixel index) of the given pixels
+            frame, v, u = (torch.as_tensor(t).long() for t in pixels)
+            if frame.numel() == 0:
+                raise ValueError("no labelled pixel to sample rays from")
+            self.pixels = (frame, v * self.W + u)
+            self.n = min(self.n, int(frame.numel()))
         self.cameras = replace(cameras, poses=cameras.poses.to(self.device))   # poses moved once
         self.rgb = rgb.to(torch.device("cpu") if keep_on_cpu else self.device)
         self.base_seed = int(base_seed if base_seed is not None else torch.randint(0, 2**31 - 1, ()).item())
@@ -50,10 +58,11 @@ class RayBatcher:
     # -- index streams ----------------------------------------------------------------------
     def _permutation(self):
         gen = torch.Generator().manual_seed(self.base_seed * 1000003 + self.epoch)
-        return torch.randperm(self.num_frames * self.H * self.W, generator=gen)
+        count = self.pixels[0].numel() if self.mode == "pixels" else self.num_frames * self.H * self.W
+        return torch.randperm(count, generator=gen)
 
-    def _indices(self):
-        """(frame [N], flat pixel index v * W + u [N]), CPU long tensors."""
+    def indices(self):
+        """(frame [N], flat pixel index v * W + u [N]) of the next batch, CPU long tensors."""
         hw = self.H * self.W
         if self.mode == "fixed":
             pix = torch.linspace(0, hw - 1, self.n).round().long()
@@ -62,6 +71,8 @@ class RayBatcher:
             frame = self.frames[torch.randint(len(self.frames), (), generator=self.gen)]
             pix = torch.randperm(hw, generator=self.gen)[:self.n]
             return frame.expand(pix.shape), pix
+        if self.mode == "pixels" and self.n == self.pixels[0].numel():
+            return self.pixels
         if self.perm is None:
             self.perm = self._permutation()
         if self.pos + self.n > self.perm.numel():
@@ -69,10 +80,12 @@ class RayBatcher:
             self.perm = self._permutation()
         flat = self.perm[self.pos:self.pos + self.n]
         self.pos += self.n
+        if self.mode == "pixels":
+            return self.pixels[0][flat], self.pixels[1][flat]
         return flat // hw, flat % hw
 
     def next(self):
-        frame, pix = self._indices()
+        frame, pix = self.indices()
         v, u = pix // self.W, pix % self.W
         rays = self.ray_batch(frame, v, u)
         idx = (frame.to(self.rgb.device), v.to(self.rgb.device), u.to(self.rgb.device))
@@ -91,5 +104,6 @@ class RayBatcher:
 
     def load_state_dict(self, state):
         self.base_seed, self.epoch, self.pos = int(state["base_seed"]), int(state["epoch"]), int(state["pos"])
-        self.gen.set_state(state["gen"])
-        self.perm = self._permutation() if self.mode == "batching" else None
+        if "gen" in state:        # (absent from the fine-tune protocol's earlier sampler state)
+            self.gen.set_state(state["gen"])
+        self.perm = self._permutation() if self.mode in ("batching", "pixels") else None

@@ -1,39 +1,39 @@
-"""The training step as one CUDA graph: plain NeRF and Jacobi shaping (`FastStep`).
+"""The training step as one CUDA graph, for every objective (`FastStep`).
 
-`Trainer.train_step` hands its steps to a `FastStep` on CUDA when the configuration allows it
-(`fast_step_reason`). One step is then:
+`Trainer.train_step` hands its steps to a `FastStep` on CUDA when the run allows it
+(`fast_step_reason`: the objective's `capture_reason`, float32 master weights, the data fitting on
+the device). One step is then:
 
-- host: the ray batcher draws the step's pixel indices exactly as in the eager step (a slice of
+- host: the ray sampler draws the step's pixel indices exactly as in the eager step (a slice of
   the CPU permutation in the default mode), they go into a pinned ring buffer and one
   asynchronous copy moves them to a static device buffer; the learning rate in force is written
   into a device scalar (an asynchronous fill); then one `CUDAGraph.replay()`;
 - device, inside the graph: rays built from the indices and the training poses, the colours
-  gathered from a device copy of the images, the training-mode render (jitter, importance
-  samples and density noise from the default CUDA generator, whose state the graph advances
-  like the eager calls), the losses, on shaping steps `Shaper.device_loss` (descriptors gathered
-  on the device, the threshold scan as device operations, the N x N loss), backward, and Adam as
-  the fused kernel (`torch._fused_adam_`, the kernel of `Adam(fused=True)`) on the optimizer's own
-  state tensors with the device learning rate; with a loss scale (--precision mixed) the scaled
-  backward, the unscale and check, the kernel's own skip of a non-finite step and the scale
-  update (training/loss_scale.py).
+  gathered from a device copy of the images, then the objective's own `loss` with the captured
+  context (the same function the eager step calls: the training-mode render with jitter,
+  importance samples and density noise from the default CUDA generator, whose state the graph
+  advances like the eager calls; shaping's device-side supervision; Semantic-NeRF's labels
+  gathered on the device), backward, and Adam as the fused kernel (`torch._fused_adam_`, the kernel
+  of `Adam(fused=True)`) on the optimizer's own state tensors with the device learning rate; with
+  a loss scale (--precision mixed) the scaled backward, the unscale and check, the kernel's own
+  skip of a non-finite step and the scale update (training/loss_scale.py).
 
 Nothing in the step waits for the device: logs are returned as device scalars (a copy of the
 graph's static log vector) and read by the logger in batches. The first `warmup` steps of each
-kind (plain, shaping) run the same step function eagerly on a side stream (cuBLAS and autograd
-set-up, lazy allocations), then the function is captured once and replayed for every later step.
+kind (objective.kind: plain, shaping) run the same step function eagerly, then the function is
+captured once and replayed for every later step. Warm-up and capture run on one side stream: the
+gradient accumulators autograd creates at the first backward remember their stream, and a capture
+on another stream made PyTorch warn at every capture that the streams do not match.
 
 `FastStep.step_fn` is the function that is captured. On the CPU (tests) it runs uncaptured:
-tests/test_graphs.py checks that it updates the weights as `Trainer.train_step` does, and on
-CUDA that a replay equals the uncaptured function.
+tests/test_graphs.py checks that it updates the weights as the eager step does, and on CUDA that
+a replay equals the uncaptured function.
 """
 import torch
 
 from training.batching import Batch
-from training.loss_scale import LOSS_SCALE_TAG
+from training.objectives import CAPTURED, finish_logs
 
-LOG_PLAIN = ("Train/Loss/img_loss_coarse", "Train/Loss/img_loss_fine", "Train/Loss/total_img_loss")
-LOG_TAIL = ("Train/Loss/total_loss", "Train/Metric/psnr_coarse", "Train/Metric/psnr_fine")
-NOT_SHAPING = frozenset(LOG_PLAIN + LOG_TAIL + (LOSS_SCALE_TAG,))
 RING = 8                       # pinned index buffers in flight
 DEVICE_FRACTION = 0.25         # device copies of images / descriptors up to this share of free memory
 
@@ -47,30 +47,17 @@ def fast_step_reason(trainer):
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     if any(p.dtype != torch.float32 for p in params):
         return "the parameters are not float32"
-    need = 0
+    reason = trainer.objective.capture_reason()
+    if reason is not None:
+        return reason
+    need = trainer.objective.device_bytes()
     if trainer.batcher.rgb.device != trainer.device:
         need += trainer.batcher.rgb.numel() * trainer.batcher.rgb.element_size()
-    if trainer.shaper is not None:
-        reason = trainer.shaper.device_reason()
-        if reason is not None:
-            return f"shaping: {reason}"
-        need += trainer.shaper.supervision_bytes()
     free, _ = torch.cuda.mem_get_info(trainer.device)
     if need > DEVICE_FRACTION * free:
         return (f"the images / descriptors ({need / 2**30:.1f} GiB) would take more than a quarter of the free "
                 "GPU memory")
     return None
-
-
-def img2mse(x, y):
-    """training.trainer.img2mse (trainer imports this module, so it is repeated here; the
-    equality test of the two steps covers both)."""
-    return torch.mean((x - y) ** 2)
-
-
-def mse2psnr(mse):
-    """training.trainer.mse2psnr."""
-    return -10.0 * torch.log10(mse)
 
 
 def _log_vector(logs):
@@ -87,12 +74,15 @@ class FastStep:
         dev = self.device = trainer.device
         self.capture = dev.type == "cuda" if capture is None else capture
         self.warmup = warmup
-        self.params = [p for g in t.optimizer.param_groups for p in g["params"]]
-        group = t.optimizer.param_groups[0]
+        groups = t.optimizer.param_groups
+        self.params = [p for g in groups for p in g["params"]]
+        group = groups[0]
         self.beta1, self.beta2 = group["betas"]
         self.eps, self.weight_decay = group["eps"], group["weight_decay"]
-        if group.get("amsgrad") or group.get("maximize") or len(t.optimizer.param_groups) != 1:
-            raise ValueError("FastStep needs one plain Adam parameter group")
+        keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+        if group.get("amsgrad") or group.get("maximize") or any(
+                any(g.get(k) != group.get(k) for k in keys) for g in groups):
+            raise ValueError("FastStep needs plain Adam groups with one set of hyperparameters")
         self._init_adam_state()
         n = t.batcher.n
         self.lr = torch.zeros((), dtype=torch.float32, device=dev)
@@ -101,14 +91,13 @@ class FastStep:
         self.ring = [torch.zeros(3, n, dtype=torch.long).pin_memory() if pin else torch.zeros(3, n, dtype=torch.long)
                      for _ in range(RING if pin else 1)]
         self.events = [torch.cuda.Event() if pin else None for _ in self.ring]
+        self.stream = torch.cuda.Stream(dev) if self.capture else None    # warm-up and capture
         self.k = 0
-        t.renderer.capture_safe = True        # compositing without the host check in cumprod's backward
         self.rgb = t.batcher.rgb.to(dev)
-        if t.shaper is not None:
-            t.shaper.to_device(dev)
+        t.objective.to_device(dev)
         self.grads = None
         self.runs = {}            # kind -> eager runs so far
-        self.graphs = {}          # kind -> (CUDAGraph, logs vector, out dict, log keys)
+        self.graphs = {}          # kind -> (CUDAGraph, logs vector, log keys, out dict)
 
     def _init_adam_state(self):
         """The optimizer's state as Adam(fused=True) creates it, where it does not exist yet."""
@@ -133,22 +122,12 @@ class FastStep:
         rays = self.trainer.batcher.ray_batch(frame, v, u)
         return Batch(rays, self.rgb[frame, v, u], frame, v, u)
 
-    def step_fn(self, step, shaping):
+    def step_fn(self, step):
         """One training step from the static buffers (indices, lr): the function that is captured.
-        Returns (logs vector [K] float64, log keys, render output dict). `step` only selects the
-        supervision of --sample_alter-free shaping, which does not depend on it."""
+        Returns (logs vector [K] float64, log keys, render output dict). `step` reaches the
+        objective's loss, whose captured form does not depend on it within one kind."""
         t = self.trainer
-        batch = self.batch()
-        out = t.renderer.render_rays(batch.rays, train=True, keep_fine=shaping)
-        loss_c = img2mse(out["rgb_coarse"], batch.rgb)
-        loss_f = img2mse(out["rgb"], batch.rgb)
-        img_loss = loss_c + loss_f
-        loss = t.opts.wgt_img * img_loss
-        logs = dict(zip(LOG_PLAIN, (loss_c, loss_f, img_loss)))
-        if shaping:
-            extra, shaping_logs = t.shaper.device_loss(t.renderer, out, batch, step)
-            loss = loss + extra
-            logs.update(shaping_logs)
+        loss, logs, out = t.objective.loss(t.renderer, self.batch(), step, CAPTURED)
         if self.grads is None:
             for p in self.params:
                 p.grad = None
@@ -173,9 +152,7 @@ class FastStep:
             torch._foreach_sub_(self.steps, [found_inf] * len(self.steps))
             scaler.update()
         with torch.no_grad():
-            logs.update(zip(LOG_TAIL, (loss.detach(), mse2psnr(loss_c.detach()), mse2psnr(loss_f.detach()))))
-            if scaler is not None:
-                logs[LOSS_SCALE_TAG] = scaler.scale
+            logs = finish_logs(logs, loss, scaler)
             vec = _log_vector(logs)
         return vec, tuple(logs), out
 
@@ -207,48 +184,46 @@ class FastStep:
     def __call__(self, step):
         """Run training step `step`; returns (logs {tag: 0-d device tensor}, render output dict)."""
         t = self.trainer
-        shaping = t.shaper is not None and t.shaper.active(step)
-        frame, pix = t.batcher._indices()
+        kind = t.objective.kind(step)
+        frame, pix = t.batcher.indices()
         self._load_indices(frame, pix // t.batcher.W, pix % t.batcher.W)
         self._check_state()
         group = t.optimizer.param_groups[0]
         self.lr.fill_(float(group["lr"]))
-        if shaping in self.graphs:
-            graph, vec, keys, out = self.graphs[shaping]
+        if kind in self.graphs:
+            graph, vec, keys, out = self.graphs[kind]
             graph.replay()
-        elif not self.capture or self.runs.get(shaping, 0) < self.warmup:
-            vec, keys, out = self._eager(step, shaping)
-            self.runs[shaping] = self.runs.get(shaping, 0) + 1
+        elif not self.capture or self.runs.get(kind, 0) < self.warmup:
+            vec, keys, out = self._eager(step)
+            self.runs[kind] = self.runs.get(kind, 0) + 1
         else:
-            graph, vec, keys, out = self._capture(step, shaping)
+            graph, vec, keys, out = self._capture(step, kind)
             graph.replay()
         new_lr = t.learning_rate(step)
         for g in t.optimizer.param_groups:
             g["lr"] = new_lr
         copy = vec.clone()
         logs = {k: copy[i] for i, k in enumerate(keys)}
-        if shaping:
-            t.shaper.note_device_step({k: logs[k] for k in keys if k not in NOT_SHAPING})
+        t.objective.after_step(step, logs)
         return logs, out
 
-    def _eager(self, step, shaping):
+    def _eager(self, step):
         if not self.capture:
-            return self.step_fn(step, shaping)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            res = self.step_fn(step, shaping)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+            return self.step_fn(step)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            res = self.step_fn(step)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return res
 
-    def _capture(self, step, shaping):
+    def _capture(self, step, kind):
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                vec, keys, out = self.step_fn(step, shaping)
+            with torch.cuda.graph(graph, stream=self.stream):
+                vec, keys, out = self.step_fn(step)
         except RuntimeError as exc:
             raise RuntimeError(f"capturing the training step as a CUDA graph failed ({exc}); "
                                "run with --no_cuda_graph") from exc
-        self.graphs[shaping] = (graph, vec, keys, out)
-        return self.graphs[shaping]
+        self.graphs[kind] = (graph, vec, keys, out)
+        return self.graphs[kind]

@@ -30,7 +30,8 @@ import time
 from datasets.seeds import frame_advice
 from models.checkpoints import apply_checkpoint, checkpoint_steps, load_checkpoint
 from models.render_views import render_views
-from training.shaping import build_shaper
+from training.objectives import PlainObjective, check_precision
+from training.shaping import ShapingObjective, build_shaper
 from training.trainer import Trainer
 from utils.atomic import write_json_atomic
 from utils.errors import InputError
@@ -41,35 +42,44 @@ def train(opts, scene, renderer, rng):
     """Train (or shape, when opts.shaping is set) `renderer` on `scene` for steps
     start .. opts.train.n_iters; returns the metrics dict, or None when a resumed checkpoint is
     already past n_iters. rng: numpy Generator for the seed labels of label supervision."""
-    shaper, frames = None, None
+    objective, frames = PlainObjective(opts.train), None
     if opts.shaping is not None:
         shaper, frames = build_shaper(opts, scene, renderer, rng)
         check_label_supervision(opts, shaper)
-        if renderer.train_dtype is not None:
-            # float16 passes were checked on plain training only (docs/PERFORMANCE.md)
-            renderer.train_dtype = None
-            print("[jnerf] --precision mixed: shaping keeps float32 (TF32) training passes; renders use the "
-                  "float16 engine", flush=True)
-    trainer = Trainer(opts.train, scene, renderer, opts.save_dir, shaper=shaper, frames=frames, seed=opts.seed,
+        objective = ShapingObjective(opts.train, shaper)
+    trainer, result = fit_objective(opts, scene, renderer, objective, frames)
+    if result is None:
+        print(f"[jnerf] checkpoint is at step {trainer.start - 1} > N_iters {trainer.n_iters}: nothing to do")
+        return None
+    metrics = dict(mode=objective.name, test_views=len(scene.test),
+                   test_split="frame 0 (--training_mode)" if opts.data.training_mode else "test",
+                   **result)
+    summary = objective.summary()
+    if summary is not None:
+        metrics["shaping"] = summary
+    write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
+    print(f"[jnerf] {result['steps']} steps in {result['seconds']:.1f} s; test PSNR {result['test_psnr']:.2f} dB")
+    return metrics
+
+
+def fit_objective(opts, scene, renderer, objective, frames=None):
+    """(trainer, the fit's result or None) of training `objective` under opts (RunOptions): the
+    precision is checked against the objective, --ckpt_path restored (with --resume: the step,
+    optimizer and streams), then steps start .. n_iters; None when the checkpoint is past
+    n_iters (nothing to train)."""
+    check_precision(objective, opts.model.precision)
+    trainer = Trainer(opts.train, scene, renderer, opts.save_dir, objective, frames=frames, seed=opts.seed,
                       test_viz_factor=opts.test_viz_factor)
     if opts.ckpt_path:
         trainer.restore(opts.ckpt_path, opts.resume)
     if trainer.start > trainer.n_iters + 1:
-        print(f"[jnerf] checkpoint is at step {trainer.start - 1} > N_iters {trainer.n_iters}: nothing to do")
-        return None
+        return trainer, None
     if trainer.start == trainer.n_iters + 1:     # e.g. interrupted after its last step: the final render only
         print(f"[jnerf] checkpoint is at the last step {trainer.n_iters}: rendering the test views")
     warn_checkpoint_space(trainer)
     result = trainer.fit()
     result["seconds_per_step"] = result["seconds"] / max(1, result["steps"])
-    metrics = dict(mode="shape" if shaper is not None else "train", test_views=len(scene.test),
-                   test_split="frame 0 (--training_mode)" if opts.data.training_mode else "test",
-                   **result)
-    if shaper is not None:
-        metrics["shaping"] = shaper.summary()
-    write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
-    print(f"[jnerf] {result['steps']} steps in {result['seconds']:.1f} s; test PSNR {result['test_psnr']:.2f} dB")
-    return metrics
+    return trainer, result
 
 
 def check_label_supervision(opts, shaper):
@@ -95,7 +105,7 @@ def projected_checkpoints(trainer):
     if existing:
         size = os.path.getsize(existing[max(existing)])
     else:
-        size = 3 * sum(p.numel() * p.element_size() for p in trainer.optimizer.param_groups[0]["params"])
+        size = 3 * sum(p.numel() * p.element_size() for g in trainer.optimizer.param_groups for p in g["params"])
     return count, size
 
 

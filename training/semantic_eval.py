@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from models.semantic import point_vote_labels, predict_labels, render_semantic_rays
+from models.semantic import point_vote_labels, predict_labels
 from utils.label_outputs import (class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line,
                                  valid_colour_map, write_view_outputs)
 
@@ -46,8 +46,7 @@ def label_views(renderer, heads, cameras, chunk=None):
         rays = cameras.image_rays(i, dev, torch.float32)
         parts = {k: [] for k in KINDS}
         for s in range(0, rays.shape[0], chunk):
-            out = render_semantic_rays(renderer, heads, rays[s:s + chunk], train=False, colour=False,
-                                       keep_points=True)
+            out = renderer.render_rays(rays[s:s + chunk], train=False, heads=heads, colour=False, keep_points=True)
             parts["2d"].append(predict_labels(out["logits"]))
             parts["3d"].append(point_vote_labels(out["weights"], out["point_logits"], num_classes))
         for k in KINDS:

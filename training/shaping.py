@@ -4,6 +4,9 @@
 `shaper.active(step)` and, on shaping steps, adds `shaper.loss(renderer, out, batch, step)` to
 wgt_img * L_img.
 
+`ShapingObjective` is the trainer's objective of a shaping run (training/objectives.py): the plain
+photometric loss plus, on shaping steps, the terms of its `Shaper`.
+
 One shaping step:
 1. Jacobians J [N, P] of every ray's scalar output (models/jacobians.py): the rendered pixel
    colour (target 2d) or the colour of the back-projected 3D point (target 3d), w.r.t. the
@@ -28,7 +31,12 @@ from models.rendering import FineSamples
 from training.contrastive import (adaptive_threshold_scan, adaptive_threshold_scan_device, info_nce, label_masks,
                                   label_masks_device, norm_loss, pair_similarity, supervision_features,
                                   threshold_masks, threshold_masks_device)
+from training.objectives import PlainObjective, photometric
 from utils.errors import InputError, NotSupportedError
+
+SHAPING_TAGS = ("Train/Loss/contrastive_loss", "Train/Loss/weighted_total_contrastive_loss", "Train/Loss/gradient_loss",
+                "Train/Loss/weighted_total_gradient_loss", "Train/Gradient/gradient_norm",
+                "Train/Shaping/pos_threshold", "Train/Shaping/pos_ratio", "Train/Shaping/anchors")
 
 
 class Shaper:
@@ -43,29 +51,27 @@ class Shaper:
     def __init__(self, opts, renderer, store=None, labels=None, rgb=None, nocs_box=None):
         self.opts = opts
         self.store, self.labels, self.rgb, self.nocs_box = store, labels, rgb, nocs_box
-        self._tau_dev = None              # the threshold as a device tensor once `to_device` ran
-        self._pos_ratio_dev = None
         self._dev_store = self._dev_labels = None
-        self.tau = self.initial_tau = opts.pos_threshold
+        # One threshold state for both paths: a float64 scalar the host scan reads and writes and the
+        # device scan updates in place (on the training device once `to_device` ran). Likewise the
+        # sum of the positive ratios (summary()).
+        self._tau = torch.tensor(float(opts.pos_threshold), dtype=torch.float64)
+        self._pos_ratio_sum = torch.zeros((), dtype=torch.float64)
+        self.initial_tau = float(opts.pos_threshold)
         self.nocs_tau = opts.nocs_pos_threshold
         self.P = jacobian_size(renderer.fine, opts.subset)
         self.steps = 0
         self._last = {}
-        self._pos_ratio_sum = 0.0
 
     @property
     def tau(self):
-        """The threshold in force (a Python float; read from the device when the device path
-        keeps it: one sync, used by checkpoints and summaries only)."""
-        if self._tau_dev is not None:
-            return float(self._tau_dev)
-        return self._tau
+        """The threshold in force (a Python float; one sync when it lives on a GPU: checkpoints,
+        summaries and the host scan read it)."""
+        return float(self._tau)
 
     @tau.setter
     def tau(self, value):
-        self._tau = float(value)
-        if self._tau_dev is not None:
-            self._tau_dev.fill_(self._tau)
+        self._tau.fill_(float(value))
 
     @property
     def mode(self):
@@ -86,36 +92,44 @@ class Shaper:
 
     def loss(self, renderer, out, batch, step):
         """(wgt_contrastive * L_NCE + wgt_gradient * L_norm as a float64 0-d tensor in graph, logs)
-        for the rays of `batch` rendered as `out` (render_rays with keep_fine=True)."""
-        o = self.opts
-        rays = batch.rays
-        n, dev = rays.shape[0], rays.device
+        for the rays of `batch` rendered as `out` (render_rays with keep_fine=True); the pair masks
+        are built on the host (`pair_masks`), which every supervision supports."""
+        n, dev = batch.rays.shape[0], batch.rays.device
         channel = None
-        if o.random_channel:   # the global CPU generator (seeded by --seed), one channel per ray
+        if self.opts.random_channel:   # the global CPU generator (seeded by --seed), one channel per ray
             channel = torch.randint(0, 3, (n,)).to(dev, non_blocking=True)
-        jac = self.jacobians(renderer, out, rays, channel)          # queued on the device
+        jac = self.jacobians(renderer, out, batch.rays, channel)    # queued on the device
         pos, neg = self.pair_masks(renderer, out, batch, step)     # host work meanwhile
         masks = torch.from_numpy(np.stack((pos, neg)))
         if dev.type == "cuda":
             masks = masks.pin_memory()
         masks = masks.to(dev, non_blocking=True)
-        sim, norms = pair_similarity(jac, o.dot_product, o.absolute)
-        nce, _ = info_nce(sim, masks[0], masks[1])
-        grad_loss = norm_loss(norms) if o.norm_loss else torch.zeros((), dtype=nce.dtype, device=dev)
-        total = o.wgt_contrastive * nce + o.wgt_gradient * grad_loss
         pos_ratio = float(pos.sum()) / (n * n)
-        self.steps += 1
         self._pos_ratio_sum += pos_ratio
+        return self._terms(jac, masks[0], masks[1], pos_ratio, float(np.count_nonzero(pos.any(1) & neg.any(1))),
+                           self.tau)
+
+    def _terms(self, jac, pos, neg, pos_ratio, anchors, tau):
+        """The loss and the logs of both paths from the Jacobians and the pair masks."""
+        o = self.opts
+        sim, norms = pair_similarity(jac, o.dot_product, o.absolute)
+        nce, _ = info_nce(sim, pos, neg)
+        grad_loss = norm_loss(norms) if o.norm_loss else torch.zeros((), dtype=nce.dtype, device=nce.device)
+        total = o.wgt_contrastive * nce + o.wgt_gradient * grad_loss
         logs = {"Train/Loss/contrastive_loss": nce.detach(),
                 "Train/Loss/weighted_total_contrastive_loss": o.wgt_contrastive * nce.detach(),
                 "Train/Loss/gradient_loss": grad_loss.detach(),
                 "Train/Loss/weighted_total_gradient_loss": o.wgt_gradient * grad_loss.detach(),
                 "Train/Gradient/gradient_norm": norms.detach().mean(),
-                "Train/Shaping/pos_threshold": self.tau,
+                "Train/Shaping/pos_threshold": tau,
                 "Train/Shaping/pos_ratio": pos_ratio,
-                "Train/Shaping/anchors": float(np.count_nonzero(pos.any(1) & neg.any(1)))}
-        self._last = logs
+                "Train/Shaping/anchors": anchors}
         return total, logs
+
+    def note_step(self, logs):
+        """Host bookkeeping of one shaping step (either path; `logs` may hold device scalars)."""
+        self.steps += 1
+        self._last = {k: v for k, v in logs.items() if k in SHAPING_TAGS}
 
     def state_dict(self):
         """The checkpoint's `jnerf_state.shaper`: the thresholds and the shaping-step count."""
@@ -130,7 +144,7 @@ class Shaper:
     def summary(self):
         """metrics.json's `shaping` entry."""
         last = {k.split("/")[-1]: float(v) for k, v in self._last.items()}
-        ratio_sum = self._pos_ratio_sum + (float(self._pos_ratio_dev) if self._pos_ratio_dev is not None else 0.0)
+        ratio_sum = float(self._pos_ratio_sum)
         return dict(supervision=self.mode, jacobian=self.opts.target, parameters=self.opts.subset,
                     jacobian_size=self.P, shaping_steps=self.steps, pos_threshold_initial=self.initial_tau,
                     pos_threshold_final=self.tau,
@@ -158,19 +172,14 @@ class Shaper:
         return data.numel() * data.element_size()
 
     def to_device(self, device):
-        """Device copies of the supervision and of the threshold state, for `device_loss`."""
+        """Device copies of the supervision, and the threshold state moved to the device, for
+        `device_loss`."""
         if self.mode == "features":
             self._dev_store = DeviceDescriptors(self.store, device)
         else:
             self._dev_labels = self.labels.to(device)
-        tau = self.tau
-        self._tau_dev = torch.tensor(tau, dtype=torch.float64, device=device)
-        self._pos_ratio_dev = torch.zeros((), dtype=torch.float64, device=device)
-
-    def note_device_step(self, logs):
-        """Host bookkeeping of one shaping step run on the device (each graph replay)."""
-        self.steps += 1
-        self._last = logs
+        self._tau = self._tau.to(device)
+        self._pos_ratio_sum = self._pos_ratio_sum.to(device)
 
     def device_loss(self, renderer, out, batch, step):
         """`loss` with everything on the device and no host sync: the supervision gathered from
@@ -178,33 +187,20 @@ class Shaper:
         (training.contrastive.adaptive_threshold_scan_device), the masks on the device. batch
         carries device index tensors. Same values as `loss` (tests/test_graphs.py)."""
         o = self.opts
-        rays = batch.rays
-        n = rays.shape[0]
-        jac = self.jacobians(renderer, out, rays, None)
+        n = batch.rays.shape[0]
+        jac = self.jacobians(renderer, out, batch.rays, None)
         if self.supervision(step) == "labels":
             pos, neg = label_masks_device(self._dev_labels[batch.frame, batch.v, batch.u])
         else:
             f = supervision_features(self._dev_store.gather(batch.frame, batch.v, batch.u))
             sim = float32_matmul(f, f.T)
             taus = adaptive_threshold_scan_device(
-                sim, self._tau_dev, int(o.pos_ratio_lower * n), int(o.pos_ratio_upper * n), o.pos_threshold_lower,
+                sim, self._tau, int(o.pos_ratio_lower * n), int(o.pos_ratio_upper * n), o.pos_threshold_lower,
                 o.pos_threshold_upper, adaptive=o.adaptive_threshold and not o.pos_order)
             pos, neg = threshold_masks_device(sim, taus)
-        sim_j, norms = pair_similarity(jac, o.dot_product, o.absolute)
-        nce, _ = info_nce(sim_j, pos, neg)
-        grad_loss = norm_loss(norms) if o.norm_loss else torch.zeros((), dtype=nce.dtype, device=rays.device)
-        total = o.wgt_contrastive * nce + o.wgt_gradient * grad_loss
         pos_ratio = pos.sum(dtype=torch.float64) / (n * n)
-        self._pos_ratio_dev.add_(pos_ratio)
-        logs = {"Train/Loss/contrastive_loss": nce.detach(),
-                "Train/Loss/weighted_total_contrastive_loss": o.wgt_contrastive * nce.detach(),
-                "Train/Loss/gradient_loss": grad_loss.detach(),
-                "Train/Loss/weighted_total_gradient_loss": o.wgt_gradient * grad_loss.detach(),
-                "Train/Gradient/gradient_norm": norms.detach().mean(),
-                "Train/Shaping/pos_threshold": self._tau_dev,
-                "Train/Shaping/pos_ratio": pos_ratio,
-                "Train/Shaping/anchors": (pos.any(1) & neg.any(1)).sum(dtype=torch.float64)}
-        return total, logs
+        self._pos_ratio_sum.add_(pos_ratio)
+        return self._terms(jac, pos, neg, pos_ratio, (pos.any(1) & neg.any(1)).sum(dtype=torch.float64), self._tau)
 
     # -- pieces -------------------------------------------------------------------------------
     def jacobians(self, renderer, out, rays, channel=None):
@@ -259,6 +255,62 @@ class Shaper:
         pts, _ = sample_points(rays, fine.z)
         centre, extent = (torch.as_tensor(t, dtype=pts.dtype, device=pts.device) for t in self.nocs_box)
         return torch.sum(fine.weights.detach()[..., None] * (pts - centre) / extent, dim=-2).float()
+
+
+class ShapingObjective(PlainObjective):
+    """Jacobi shaping: the plain photometric loss plus, on shaping steps (`Shaper.active`), the
+    shaper's terms, from the host masks in the eager step and from the device masks in the
+    captured one (the same values, tests/test_graphs.py)."""
+
+    name = "shape"
+    label = "shaping"
+    description = "Jacobi shaping (its float16 training passes are unchecked; --precision fp16 gives the same "\
+                  "float16 renders)"
+    # float16 training passes were checked on plain training only (docs/PERFORMANCE.md)
+    precisions = ("fp32", "tf32", "fp16")
+
+    def __init__(self, train, shaper):
+        super().__init__(train)
+        self.shaper = shaper
+
+    def kind(self, step):
+        return "shaping" if self.shaper.active(step) else "plain"
+
+    def loss(self, renderer, batch, step, ctx):
+        shaping = self.shaper.active(step)
+        out = renderer.render_rays(batch.rays, train=True, keep_fine=shaping, capture_safe=ctx.captured)
+        img_loss, logs = photometric(out, batch.rgb)
+        loss = self.train_opts.wgt_img * img_loss
+        if shaping:
+            terms = self.shaper.device_loss if ctx.captured else self.shaper.loss
+            extra, shaping_logs = terms(renderer, out, batch, step)
+            loss = loss + extra
+            logs.update(shaping_logs)
+        return loss, logs, out
+
+    def after_step(self, step, logs):
+        if self.shaper.active(step):
+            self.shaper.note_step(logs)
+
+    def capture_reason(self):
+        reason = self.shaper.device_reason()
+        return None if reason is None else f"shaping: {reason}"
+
+    def device_bytes(self):
+        return self.shaper.supervision_bytes()
+
+    def to_device(self, device):
+        self.shaper.to_device(device)
+
+    def extra_state(self):
+        return {"shaper": self.shaper.state_dict()}
+
+    def load_extra_state(self, extra, resume):
+        if "shaper" in extra:
+            self.shaper.load_state_dict(extra["shaper"], resume)
+
+    def summary(self):
+        return self.shaper.summary()
 
 
 def float32_matmul(a, b):

@@ -1,9 +1,14 @@
-"""The fitting loop: plain NeRF training and, with a shaper attached, Jacobi shaping.
+"""The fitting loop and the one training step, for every objective (training/objectives.py:
+plain NeRF, Jacobi shaping, the Semantic-NeRF baseline).
 
-One step s: sample N rays, render coarse + fine in training mode, photometric loss
-L = wgt_img * (MSE_coarse + MSE_fine), MSE = mean over rays and channels of (C - C_gt)^2, plus
-the shaping terms on shaping steps (training/shaping.py), one backward, Adam, then
-lr <- lrate * 0.1^(s / lrate_decay) (so step s runs with the rate set after step s - 1).
+One step s: the objective's sampler draws N rays, the objective's loss renders them in training
+mode and returns its loss (plain: L = wgt_img * (MSE_coarse + MSE_fine); shaping adds its terms on
+shaping steps; Semantic-NeRF its label cross-entropy), one backward, Adam over the objective's
+parameters, then lr <- lrate * 0.1^(s / lrate_decay) (so step s runs with the rate set after step
+s - 1). On CUDA the step is one CUDA-graph replay where the objective and the data allow it
+(training/graphs.py); the eager step and the graph call the same objective.loss and differ only
+in where the batch comes from and how the update runs. A float16 training precision (--precision
+mixed) adds a loss scale (training/loss_scale.py).
 Checkpoints every `logging.step_save_ckpt` steps (step 0 included) and at the last step,
 renders of the train/test views every `step_vis_train` / `step_val` steps, and a final test
 render with PSNR.
@@ -33,7 +38,8 @@ from models.render_views import render_views
 from training.batching import RayBatcher
 from training.ckpt_writer import CheckpointWriter, host_copy
 from training.graphs import FastStep, fast_step_reason
-from training.loss_scale import LOSS_SCALE_TAG, LossScaler
+from training.loss_scale import LossScaler
+from training.objectives import EAGER, TOTAL_LOSS, PlainObjective, finish_logs
 from training.tb_logger import TBLogger
 from utils.rundir import Diverged, Interrupted, StopSignals
 
@@ -41,33 +47,14 @@ from utils.rundir import Diverged, Interrupted, StopSignals
 STEADY_SKIP = 20      # steps left out of the steady rate (at least; a tenth of a long run)
 
 
-def build_optimizer(renderer, lrate, fix_density=False):
-    """One Adam over the coarse then the fine parameters (the original's order).
-
-    With --fix_density, alpha_linear of both networks is frozen and left out of Adam (in a
-    stable order, unlike the original's set-based list).
-    """
-    params = []
-    for net in (renderer.coarse, renderer.fine):
-        for name, p in net.named_parameters():
-            if fix_density and name.startswith("alpha_linear"):
-                p.requires_grad_(False)
-                continue
-            params.append(p)
-    # On CUDA the fused kernel: one launch per step instead of a dozen (the shaping step at
-    # N_rays 64 is bound by launches). Same update rule; the state dict has the same layout.
-    fused = all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=lrate, betas=(0.9, 0.999), fused=fused or None)
-
-
-def img2mse(x, y):
-    """Mean of (x - y)^2 over every element."""
-    return torch.mean((x - y) ** 2)
-
-
-def mse2psnr(mse):
-    """PSNR in dB of an MSE of colours in [0, 1]: -10 log10(mse)."""
-    return -10.0 * torch.log10(mse)
+def build_optimizer(param_groups, lrate):
+    """One Adam over `param_groups` (lists of tensors; the plain NeRF's is the coarse then the fine
+    parameters, the original's order). On CUDA the fused kernel: one launch per step instead of a
+    dozen (the shaping step at N_rays 64 is bound by launches). Same update rule; the state dict
+    has the same layout."""
+    groups = [{"params": list(g)} for g in param_groups]
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.Adam(groups, lr=lrate, betas=(0.9, 0.999), fused=fused or None)
 
 
 def rng_state():
@@ -126,27 +113,26 @@ class FiniteGuard:
 
 
 class Trainer:
-    """Fits `renderer` to the training views of `scene` under `train` (utils.options.TrainOptions).
+    """Fits `renderer` to the training views of `scene` under `train` (utils.options.TrainOptions)
+    with `objective` (training.objectives.PlainObjective or another objective).
 
-    shaper: a training.shaping.Shaper, or None for plain NeRF training; frames: the training
-    frames rays are drawn from in the "unmasked" sampling mode (None: all); seed: base seed of
-    the ray stream (None: drawn from torch's generator); test_viz_factor: down-scaling of the
-    periodic and final renders; log: write TensorBoard events.
+    frames: the training frames rays are drawn from in the "unmasked" sampling mode (None: all);
+    seed: base seed of the ray stream (None: drawn from torch's generator); test_viz_factor:
+    down-scaling of the periodic and final renders; log: write TensorBoard events.
     """
 
-    def __init__(self, train, scene, renderer, save_dir, shaper=None, frames=None, seed=None, test_viz_factor=1,
+    def __init__(self, train, scene, renderer, save_dir, objective=None, frames=None, seed=None, test_viz_factor=1,
                  log=True):
         self.opts = train
         self.scene = scene
         self.renderer = renderer
         self.device = renderer.device
         self.save_dir = save_dir
-        self.shaper = shaper
+        self.objective = objective if objective is not None else PlainObjective(train)
         self.test_viz_factor = test_viz_factor
         self.n_iters = train.n_iters
-        self.optimizer = build_optimizer(renderer, train.lrate, train.fix_density)
-        self.batcher = RayBatcher(scene.cameras(scene.train), scene.train.rgb, train.n_rays, self.device,
-                                  mode=train.batching, frames=frames, base_seed=seed, keep_on_cpu=train.load_on_cpu)
+        self.optimizer = build_optimizer(self.objective.param_groups(renderer), train.lrate)
+        self.batcher = self.objective.sampler(scene.cameras(scene.train), scene.train.rgb, self.device, frames, seed)
         self.log = log
         self.logger = None   # created by fit(), so a run that fails while loading writes no events
         self.start = 0
@@ -154,20 +140,21 @@ class Trainer:
         self.last_good = None   # the last checkpoint known to be finite: the loaded one, then each save
         self.final_step = self.n_iters
         # float16 training passes (--precision mixed) need a loss scale (training/loss_scale.py)
-        self.scaler = LossScaler(self.device) if renderer.train_dtype == torch.float16 else None
+        self.scaler = LossScaler(self.device) if renderer.engine.precision.loss_scale else None
         # on CUDA checkpoints are written by a background thread (training/ckpt_writer.py)
         self.writer = CheckpointWriter(background=self.device.type == "cuda")
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
-        """Load weights; with `resume` also the optimizer, step and sampler/random state."""
+        """Load weights (and the objective's part); with `resume` also the optimizer, step and
+        sampler/random state."""
         data = load_checkpoint(ckpt_path, map_location=self.device)
         apply_checkpoint(ckpt_path, data, self.renderer, self.optimizer if resume else None)
+        self.objective.restore(ckpt_path, data, resume)
         self.last_good = ckpt_path
         # the checkpoint is mapped to the training device, but RNG states must be CPU ByteTensors
         extra = host_copy(data.get(EXTRA_KEY) or {})
-        if self.shaper is not None and "shaper" in extra:
-            self.shaper.load_state_dict(extra["shaper"], resume)
+        self.objective.load_extra_state(extra, resume)
         if resume and self.scaler is not None and "loss_scale" in extra:
             self.scaler.load_state_dict(extra["loss_scale"])
         if resume:
@@ -179,10 +166,10 @@ class Trainer:
         return data
 
     def extra_state(self):
-        """The checkpoint's `jnerf_state`: ray-stream position, random states, shaper state."""
+        """The checkpoint's `jnerf_state`: ray-stream position, random states, the objective's state,
+        the loss scale."""
         extra = {"batcher": self.batcher.state_dict(), "rng": rng_state()}
-        if self.shaper is not None:
-            extra["shaper"] = self.shaper.state_dict()
+        extra.update(self.objective.extra_state())
         if self.scaler is not None:
             extra["loss_scale"] = self.scaler.state_dict()
         return extra
@@ -203,8 +190,10 @@ class Trainer:
         return path
 
     def checkpoint_data(self, step):
-        """The checkpoint dict at `step` (models.checkpoints.checkpoint_data)."""
-        return checkpoint_data(step, self.renderer, self.optimizer, self.extra_state())
+        """The checkpoint dict at `step` (models.checkpoints.checkpoint_data) with the objective's
+        own entries."""
+        return checkpoint_data(step, self.renderer, self.optimizer, self.extra_state(),
+                               self.objective.checkpoint_entries())
 
     def state_tensors(self):
         """(name, tensor) of every weight and optimizer-state tensor a checkpoint holds."""
@@ -214,6 +203,7 @@ class Trainer:
                 yield f"{net_name}.{name}", p.detach()
         yield from named_tensors({i: st for i, st in enumerate(self.optimizer.state.values())},
                                  "optimizer_state_dict.state")
+        yield from self.objective.state_tensors()
 
     def check_finite(self, step, weights=True):
         """Diverged when a loss up to `step` or (with `weights`) a weight / optimizer-state tensor is
@@ -257,7 +247,7 @@ class Trainer:
 
     def fast_step(self):
         """The graph-captured step (training.graphs.FastStep) when this run allows one, else None
-        (`fast_reason` says why). Built at the first step, after any restore."""
+        (`fast_reason` says why, printed once on CUDA). Built at the first step, after any restore."""
         fast = getattr(self, "_fast", None)
         if fast is None:
             self.fast_reason = fast_step_reason(self)
@@ -270,31 +260,17 @@ class Trainer:
 
     def train_step(self, step):
         """One optimisation step at `step` (the learning-rate update uses it); returns (logs
-        {TensorBoard tag: 0-d tensor or float}, the render's output dict). On CUDA the step is a
-        CUDA-graph replay where the configuration allows it (`fast_step`), else eager."""
+        {TensorBoard tag: 0-d tensor or float}, the render's output dict). On CUDA a CUDA-graph
+        replay where the configuration allows it (`fast_step`), else eager: the same
+        objective.loss, the batch from the sampler, the update through the optimizer."""
         fast = self.fast_step()
         if fast is not None:
             return fast(step)
         batch = self.batcher.next()
-        shaping = self.shaper is not None and self.shaper.active(step)
-        out = self.renderer.render_rays(batch.rays, train=True, keep_fine=shaping)
-        loss_c = img2mse(out["rgb_coarse"], batch.rgb)
-        loss_f = img2mse(out["rgb"], batch.rgb)
-        img_loss = loss_c + loss_f
-        loss = self.opts.wgt_img * img_loss
-        logs = {"Train/Loss/img_loss_coarse": loss_c, "Train/Loss/img_loss_fine": loss_f,
-                "Train/Loss/total_img_loss": img_loss}
-        if shaping:
-            extra_loss, shaping_logs = self.shaper.loss(self.renderer, out, batch, step)
-            loss = loss + extra_loss
-            logs.update(shaping_logs)
+        loss, logs, out = self.objective.loss(self.renderer, batch, step, EAGER)
         self.apply_update(loss, step)
-        with torch.no_grad():
-            logs.update({"Train/Loss/total_loss": loss.detach(),
-                         "Train/Metric/psnr_coarse": mse2psnr(loss_c.detach()),
-                         "Train/Metric/psnr_fine": mse2psnr(loss_f.detach())})
-            if self.scaler is not None:
-                logs[LOSS_SCALE_TAG] = self.scaler.scale.clone()
+        logs = finish_logs(logs, loss, self.scaler)
+        self.objective.after_step(step, logs)
         return logs, out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -311,7 +287,7 @@ class Trainer:
         check_every = max(every.step_log_print, 20)
         self.logger = TBLogger(os.path.join(self.save_dir, "tfb_logs"), enabled=self.log)
         steps = range(self.start, end + 1)
-        bar = tqdm(steps, desc="shaping" if self.shaper else "training", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(steps, desc=self.objective.label, dynamic_ncols=True, mininterval=1.0)
         # the steady rate leaves out the first steps (warm-up, graph capture): projections to longer
         # runs multiply it, so one-time costs must not be in it (checkpoints, logging stay in)
         warm_at = self.start + min(len(steps) - 1, max(STEADY_SKIP, len(steps) // 10))
@@ -322,9 +298,9 @@ class Trainer:
                 for step in bar:
                     if step == warm_at:
                         t_warm = self._clock()
-                    self.renderer.train()
+                    self.train_mode()
                     logs, out = self.train_step(step)
-                    if self.guard.record(step, logs["Train/Loss/total_loss"]):
+                    if self.guard.record(step, logs[TOTAL_LOSS]):
                         self.check_finite(step, weights=False)
                     if step % every.step_log_tfb == 0:
                         self.logger.scalars(step, logs)
@@ -367,6 +343,12 @@ class Trainer:
         return dict(steps=len(steps), seconds=elapsed, final_step=end, test_psnr=result["psnr"],
                     test_psnr_per_view=result["psnr_per_view"], steady_seconds_per_step=steady)
 
+    def train_mode(self):
+        """The renderer and the objective's modules in training mode."""
+        self.renderer.train()
+        for m in self.objective.modules():
+            m.train()
+
     def _clock(self):
         """Host time once the device has finished its queued work (CUDA steps are asynchronous)."""
         if self.device.type == "cuda":
@@ -380,7 +362,7 @@ class Trainer:
         self.renderer.eval()
         out_dir = os.path.join(self.save_dir, f"{which}_render", f"step_{step:06d}")
         result = render_views(self.renderer, self.scene.cameras(split), split.rgb, out_dir, self.test_viz_factor)
-        self.renderer.train()
+        self.train_mode()
         tag = "Train" if which == "train" else "Test"
         self.logger.scalars(step, {f"{tag}/Metric/batch_PSNR": -10 * np.log10(max(result["mse"], 1e-12)),
                                    f"{tag}/Metric/batch_MSE": result["mse"]})
