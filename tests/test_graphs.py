@@ -16,11 +16,13 @@ import torch
 from datasets.dino_io import DescriptorStore
 from datasets.scene import Intrinsics, Scene, Split
 from main import parse_options
+from utils.options import SemanticOptions
 from models.factory import build_renderer
 from training.contrastive import adaptive_threshold_scan, adaptive_threshold_scan_device, threshold_masks, \
     threshold_masks_device
 from training.graphs import FastStep, fast_step_reason
 from training.shaping import DeviceDescriptors, ShapingObjective, build_shaper
+from training.semantic import SemanticObjective
 from training.trainer import Trainer
 from utils.precision import PRECISIONS
 
@@ -99,24 +101,37 @@ def random_scene(n_frames=4, height=12, width=16, grid=(5, 6), dim=8, seed=0):
 
 
 def make_trainer(tmp_path, device, shaping=False, extra=(), width=16, n_rays=24, fused_adam=True):
+    """A trainer on `random_scene`; shaping: False (plain), True (the paper's shaping command),
+    'joint' / 'finetune' (the Semantic-NeRF baseline on random seed labels, a third of the pixels
+    labelled, 5 classes)."""
+    method = {False: "plain", True: "shape"}.get(shaping, shaping)
     _, opts = parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
                              "--seed", "0", "--N_rays", str(n_rays), "--N_samples", "8", "--N_importance", "8",
-                             "--lrate", "1e-2", *(PAPER_FLAGS if shaping else []), *extra])
+                             "--lrate", "1e-2", *(PAPER_FLAGS if method == "shape" else []), *extra])
     opts = replace(opts, model=replace(opts.model, netwidth=width, netwidth_fine=width),
                    train=replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9)))
     scene = random_scene()
     torch.manual_seed(0)
     renderer = build_renderer(opts.model, device, PRECISIONS[opts.model.precision])
-    objective = ShapingObjective(opts.train, build_shaper(opts, scene, renderer, None)[0]) if shaping else None
+    objective = None
+    if method == "shape":
+        objective = ShapingObjective(opts.train, build_shaper(opts, scene, renderer, None)[0])
+    elif method in ("joint", "finetune"):
+        gen = torch.Generator().manual_seed(1)
+        labels = torch.randint(0, 5, scene.train.semantic.shape, generator=gen)
+        labels[torch.rand(labels.shape, generator=gen) > 0.33] = -1
+        objective = SemanticObjective(opts.train, SemanticOptions(protocol=method), renderer, labels, 5)
     trainer = Trainer(opts.train, scene, renderer, str(tmp_path), objective, seed=0, log=False)
     if fused_adam:      # the graph path runs the fused Adam kernel; so does the eager step on CUDA
-        params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-        trainer.optimizer = torch.optim.Adam(params, lr=trainer.opts.lrate, betas=(0.9, 0.999), fused=True)
+        groups = [{"params": g["params"]} for g in trainer.optimizer.param_groups]
+        trainer.optimizer = torch.optim.Adam(groups, lr=trainer.opts.lrate, betas=(0.9, 0.999), fused=True)
     return trainer
 
 
 def weights(trainer):
-    return [p.detach().clone() for p in trainer.renderer.parameters()]
+    """Every trained weight: the networks', then the objective's own modules' (the heads)."""
+    params = list(trainer.renderer.parameters()) + [p for m in trainer.objective.modules() for p in m.parameters()]
+    return [p.detach().clone() for p in params]
 
 
 def run_steps(trainer, steps, fast=None, seed=5):
@@ -131,11 +146,12 @@ def run_steps(trainer, steps, fast=None, seed=5):
     return logs
 
 
-@pytest.mark.parametrize("shaping", [False, True])
+@pytest.mark.parametrize("shaping", [False, True, "joint", "finetune"])
 def test_graph_step_function_equals_the_eager_step_on_cpu(tmp_path, shaping, one_thread):
     """Same batches, same random draws, same Adam: the graph path's step function (run
     uncaptured) leaves the same weights, logs, Adam state and shaping threshold as the eager
-    step, step after step."""
+    step, step after step; for every objective (plain, shaping, Semantic-NeRF joint and
+    fine-tune)."""
     eager = make_trainer(tmp_path / "a", "cpu", shaping)
     graph = make_trainer(tmp_path / "b", "cpu", shaping)
     assert eager.fast_step() is None and "CUDA" in eager.fast_reason   # CPU runs stay eager
@@ -151,11 +167,19 @@ def test_graph_step_function_equals_the_eager_step_on_cpu(tmp_path, shaping, one
         for k in a:
             assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-9), (k, a[k], b[k])
     assert eager.optimizer.param_groups[0]["lr"] == graph.optimizer.param_groups[0]["lr"]
+    assert len(eager.optimizer.state) == len(weights(eager)) - (len(list(eager.renderer.parameters()))
+                                                                if shaping == "finetune" else 0)
     for p0, p1 in zip(eager.optimizer.state.values(), graph.optimizer.state.values()):
         assert float(p0["step"]) == float(p1["step"]) == 6
         assert torch.allclose(p0["exp_avg_sq"], p1["exp_avg_sq"], rtol=1e-5, atol=1e-12)
     assert eager.batcher.state_dict()["pos"] == graph.batcher.state_dict()["pos"]
-    if shaping:
+    if shaping in ("joint", "finetune"):
+        assert le[-1]["Train/Metric/labelled_rays"] > 0 and "Train/Loss/semantic_loss" in lg[-1]
+        moved = [not torch.equal(a, b) for a, b in zip(weights(eager), weights(make_trainer(tmp_path / "c", "cpu",
+                                                                                               shaping)))]
+        nerf = len(list(eager.renderer.parameters()))
+        assert all(moved[nerf:]) and (any(moved[:nerf]) == (shaping == "joint"))   # fine-tune: the NeRF is frozen
+    elif shaping:
         assert eager.objective.shaper.tau == graph.objective.shaper.tau
         assert eager.objective.shaper.steps == graph.objective.shaper.steps == 6
         assert eager.objective.shaper.tau != 0.8                     # the threshold moved
@@ -216,11 +240,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 
 @cuda
 @pytest.mark.parametrize("precision", ["fp32", "mixed"])
-@pytest.mark.parametrize("shaping", [False, True])
+@pytest.mark.parametrize("shaping", [False, True, "joint", "finetune"])
 def test_replayed_graph_equals_the_uncaptured_step(tmp_path, shaping, precision):
     """Same inputs and RNG state: a graph replay updates the weights as the step function run
     eagerly; and both follow the eager train_step (fused Adam) to float32 rounding (mixed: float16
-    passes with the loss scale, to float16 rounding against the eager step)."""
+    passes with the loss scale, to float16 rounding against the eager step). Every objective:
+    plain, shaping, Semantic-NeRF joint and fine-tune."""
     dev = torch.device("cuda")
     width = 64
     prec = ["--precision", precision]
@@ -241,7 +266,7 @@ def test_replayed_graph_equals_the_uncaptured_step(tmp_path, shaping, precision)
     print(f"{precision} shaping={shaping}: max |w_graph - w_uncaptured| = {d_ab:.3e}, max |w_graph - w_eager| = {d_ac:.3e}; "
           f"final loss {la[-1]['Train/Loss/total_loss']:.9f} / {lb[-1]['Train/Loss/total_loss']:.9f} / "
           f"{lc[-1]['Train/Loss/total_loss']:.9f}" + (f"; tau {a.objective.shaper.tau} / {b.objective.shaper.tau} / {c.objective.shaper.tau}"
-                                                        if shaping else ""))
+                                                        if shaping is True else ""))
     for wa, wb, wc in zip(weights(a), weights(b), weights(c)):
         assert torch.allclose(wa, wb, rtol=1e-5, atol=1e-7), (wa - wb).abs().max()
         assert torch.allclose(wa, wc, rtol=1e-4 * loose, atol=1e-6 * loose), (wa - wc).abs().max()
@@ -249,7 +274,7 @@ def test_replayed_graph_equals_the_uncaptured_step(tmp_path, shaping, precision)
         for k in x:
             assert math.isclose(x[k], y[k], rel_tol=1e-5, abs_tol=1e-9), (k, x[k], y[k])
             assert math.isclose(x[k], z[k], rel_tol=1e-3 * loose, abs_tol=1e-6 * loose), (k, x[k], z[k])
-    if shaping:
+    if shaping is True:
         # the same device code: the same threshold; the host path's float32 similarities may
         # round differently (CPU BLAS order), which can move a borderline anchor by one step
         assert a.objective.shaper.tau == b.objective.shaper.tau
@@ -270,3 +295,20 @@ def test_capture_safe_cumprod_equals_torch_cumprod():
     gb, = torch.autograd.grad(b, x, g)
     assert torch.allclose(ga, gb, rtol=1e-12, atol=0)
     print("max |grad diff| =", float((ga - gb).abs().max()))
+
+
+def test_each_objective_states_its_precisions(tmp_path):
+    """An objective refuses a --precision it does not train in, in one line naming both (shaping's
+    float16 training passes are unchecked); the others take every mode."""
+    from training.objectives import check_precision
+    from utils.errors import NotSupportedError
+    from utils.precision import PRECISIONS as ALL
+    shaped = make_trainer(tmp_path / "s", "cpu", shaping=True).objective
+    with pytest.raises(NotSupportedError, match=r"--precision mixed is not supported for Jacobi shaping"):
+        check_precision(shaped, "mixed")
+    for name in ("fp32", "tf32", "fp16"):
+        check_precision(shaped, name)
+    for method in (False, "joint", "finetune"):
+        objective = make_trainer(tmp_path / str(method), "cpu", shaping=method).objective
+        for name in ALL:
+            check_precision(objective, name)
