@@ -25,7 +25,9 @@ from main import parse_options  # noqa: E402
 from models.engine import Engine  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from models.render_views import render_views  # noqa: E402
+from training.semantic import SemanticObjective  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
+from utils.options import SemanticOptions  # noqa: E402
 from utils.precision import PRECISIONS, Precision  # noqa: E402
 
 
@@ -64,11 +66,24 @@ def cli_precision(precision):
     return "fp16" if precision == "bf16" else precision
 
 
-def time_step(device, precision, steps, warmup, graph=True):
+def objective_for(method, opts, scene, renderer):
+    """The training objective of a benchmark method: plain NeRF, or the Semantic-NeRF baseline
+    ('joint' / 'finetune') on random seed labels (1 % of the pixels, 20 classes: the step's cost
+    does not depend on how many are labelled)."""
+    if method == "plain":
+        return None
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 20, scene.train.semantic.shape, generator=gen)
+    labels[torch.rand(labels.shape, generator=gen) > 0.01] = -1
+    return SemanticObjective(opts.train, SemanticOptions(protocol=method), renderer, labels, 20)
+
+
+def time_step(device, precision, steps, warmup, graph=True, method="plain"):
     """fp16 = tf32 training plus the float16 inference engine for the render (--precision fp16);
     mixed = --precision mixed (float16 training passes with the loss scale, the float16 engine);
-    bf16 = fp16 plus bfloat16 training passes (the renderer switch; not a --precision choice).
-    graph: the CUDA-graph step (else --no_cuda_graph).
+    bf16 = fp16 plus bfloat16 training passes (its own Precision value; not a --precision choice).
+    graph: the CUDA-graph step (else --no_cuda_graph); method: plain | joint | finetune
+    (`objective_for`).
     The step time is the mean over `steps` consecutive steps with one sync at the end (the
     graphed step never waits for the device, so per-step syncs would measure latency instead)."""
     torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "fp16", "bf16", "mixed")
@@ -76,7 +91,8 @@ def time_step(device, precision, steps, warmup, graph=True):
         opts = options_for(tmp, ["--precision", cli_precision(precision)] + ([] if graph else ["--no_cuda_graph"]))
         scene = random_scene()
         renderer = build_renderer(opts.model, device, BENCH_PRECISIONS[precision])
-        trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)
+        trainer = Trainer(opts.train, scene, renderer, tmp, objective_for(method, opts, scene, renderer), seed=0,
+                          log=False)
         for i in range(warmup):
             trainer.train_step(i)
         sync(device)
@@ -139,6 +155,7 @@ def main():
     p.add_argument("--psnr_seeds", default="0,1")
     p.add_argument("--own_engine_only", action="store_true", help="render each model with its own engine only")
     p.add_argument("--variants", default="", help="comma-separated precision[:graph] list, e.g. tf32,bf16:graph")
+    p.add_argument("--methods", default="plain", help="comma-separated: plain, joint, finetune (Semantic-NeRF)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -147,12 +164,17 @@ def main():
     if args.variants:
         variants = [(v.split(":")[0], v.endswith(":graph")) for v in args.variants.split(",") if v != "none"]
     print(f"device: {name}; torch {torch.__version__}")
-    print("| precision | step | train step (1024 rays, 64+128) | render 320x240 view (its engine) | peak GPU memory |")
-    print("|---|---|---|---|---|")
+    print("| method | precision | step | train step (1024 rays, 64+128) | / plain | render 320x240 view (its engine) "
+          "| peak GPU memory |")
+    print("|---|---|---|---|---|---|---|")
     for prec, graph in variants:
-        step, view, peak = time_step(device, prec, args.steps, args.warmup, graph)
-        print(f"| {prec} | {'CUDA graph' if graph else 'eager'} | {step * 1e3:.2f} ms | {view * 1e3:.0f} ms | "
-              f"{peak:.1f} GiB |", flush=True)
+        plain = None
+        for method in args.methods.split(","):
+            step, view, peak = time_step(device, prec, args.steps, args.warmup, graph, method)
+            plain = step if method == "plain" else plain
+            ratio = f"{step / plain:.2f}x" if plain else "-"
+            print(f"| {method} | {prec} | {'CUDA graph' if graph else 'eager'} | {step * 1e3:.2f} ms | {ratio} | "
+                  f"{view * 1e3:.0f} ms | {peak:.1f} GiB |", flush=True)
     if args.psnr_steps:
         data = args.data or os.path.join(tempfile.gettempdir(), "jnerf_bench_room")
         if not os.path.isdir(data):
