@@ -72,7 +72,7 @@ def time_step(device, precision, steps, warmup, graph=True):
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", cli_precision(precision)] + ([] if graph else ["--no_cuda_graph"]))
         scene = random_scene()
-        renderer = build_renderer(opts.model, device)
+        renderer = build_renderer(opts.model, device, opts.precision)
         bf16_switch(renderer, precision, device)
         trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)
         for i in range(warmup):
@@ -108,7 +108,7 @@ def psnr_run(device, precision, steps, data_dir, seed=0, view_step=6, both=True)
         train = replace(opts.train, n_iters=steps)
         torch.manual_seed(seed)
         scene = load_scene(data)
-        renderer = build_renderer(opts.model, device)
+        renderer = build_renderer(opts.model, device, opts.precision)
         bf16_switch(renderer, precision, device)
         trainer = Trainer(train, scene, renderer, tmp, seed=seed, log=False)
         t = time.perf_counter()

@@ -75,7 +75,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", cli_precision(a.precision), "--no_cuda_graph"])
         scene = random_scene()
-        renderer = build_renderer(opts.model, device)
+        renderer = build_renderer(opts.model, device, opts.precision)
         bf16_switch(renderer, a.precision, device)
         if a.what == "step":
             trainer = Trainer(opts.train, scene, renderer, tmp, seed=0, log=False)

@@ -100,7 +100,7 @@ def run_one(kind, flags, scene, device, args, precision="fp32"):
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, kind, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
-        renderer = build_renderer(opts.model, device)
+        renderer = build_renderer(opts.model, device, opts.precision)
         save_checkpoint(opts.ckpt_path, 0, renderer)          # random weights
         if precision == "fp16" and device.type == "cuda":
             renderer.inference_dtype = torch.float16
@@ -128,7 +128,7 @@ def profile_view(args, device):
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, "2d", SPARSE, args.n_samples, args.n_importance, 10)
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device).eval()
+    renderer = build_renderer(opts.model, device, opts.precision).eval()
     sc = random_scene(4, args.height, args.width, 10)
     rays = [image_rays(p.to(device), args.height, args.width, sc.intrinsics, 0.1, 10.0) for p in sc.test.poses]
     chunk = propagation_chunk(renderer)

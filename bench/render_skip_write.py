@@ -20,7 +20,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, ["--precision", "fp16"])
-        renderer = build_renderer(opts.model, device).eval()
+        renderer = build_renderer(opts.model, device, opts.precision).eval()
         scene = random_scene()
         rays = scene.cameras(scene.test).image_rays(0, device)
         print("| engine | skip write | one view |\n|---|---|---:|")

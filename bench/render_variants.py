@@ -32,7 +32,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     dev = torch.device("cuda")
     opts = options_for("/tmp/rv")
-    r = build_renderer(opts.model, dev).eval()
+    r = build_renderer(opts.model, dev, opts.precision).eval()
     scene = random_scene(2)
     rays = scene.cameras(scene.test).image_rays(0, dev)
     print(f"device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")

@@ -74,7 +74,7 @@ def options_for(save_dir, n_rays, args, shaping=True, more=()):
 def make_trainer(device, n_rays, args, scene, tmp, shaping=True, more=()):
     opts = options_for(tmp, n_rays, args, shaping, more)
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device)
+    renderer = build_renderer(opts.model, device, opts.precision)
     shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
     return Trainer(opts.train, scene, renderer, tmp, shaper=shaper, seed=0, log=False)
 

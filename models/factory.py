@@ -5,6 +5,7 @@ from models.encoding import build_encoders
 from models.nerf import NeRF
 from models.rendering import Renderer, RenderOptions
 from utils.errors import InputError, NotSupportedError
+from utils.precision import FP32
 
 
 def render_options(model):
@@ -14,17 +15,19 @@ def render_options(model):
                          netchunk=model.netchunk)
 
 
-def build_renderer(model, device):
-    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions)."""
+def build_renderer(model, device, precision=FP32):
+    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions;
+    precision: a utils.precision.Precision, in force on CUDA only). Rays carry their own near/far
+    (the scene's depth range, DataOptions)."""
     pos_enc, dir_enc = build_encoders(model.multires, model.multires_views, model.i_embed)
     coarse = NeRF(model.netdepth, model.netwidth, pos_enc.out_dim, dir_enc.out_dim)
     fine = NeRF(model.netdepth_fine, model.netwidth_fine, pos_enc.out_dim, dir_enc.out_dim)
-    renderer = Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), model.near, model.far).to(device)
-    if torch.device(device).type == "cuda":       # the CPU runs float32 whatever the choice
-        if model.precision in ("fp16", "mixed"):
-            renderer.inference_dtype = torch.float16
-        if model.precision == "mixed":
-            renderer.train_dtype = torch.float16      # with a loss scale (training.loss_scale)
+    renderer = Renderer(coarse, fine, pos_enc, dir_enc, render_options(model)).to(device)
+    precision = precision.on(device)              # the CPU runs float32 whatever the choice
+    if precision.inference_dtype is not None:
+        renderer.inference_dtype = precision.inference_dtype
+    if precision.train_dtype is not None:
+        renderer.train_dtype = precision.train_dtype    # with a loss scale (training.loss_scale)
     return renderer
 
 

@@ -105,7 +105,7 @@ def make_trainer(tmp_path, device, shaping=False, extra=(), width=16, n_rays=24,
                    train=replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9)))
     scene = random_scene()
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device)
+    renderer = build_renderer(opts.model, device, opts.precision)
     shaper = build_shaper(opts, scene, renderer, None)[0] if shaping else None
     trainer = Trainer(opts.train, scene, renderer, str(tmp_path), shaper=shaper, seed=0, log=False)
     if fused_adam:      # the graph path runs the fused Adam kernel; so does the eager step on CUDA

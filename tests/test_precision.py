@@ -82,8 +82,8 @@ def test_precision_choices_and_the_cpu(tmp_path, precision):
     """Every choice parses; on the CPU none of them changes the renderer (float32 throughout)."""
     _, opts = parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
                              "--precision", precision])
-    assert opts.model.precision == precision
-    r = build_renderer(opts.model, torch.device("cpu"))
+    assert opts.precision.name == precision
+    r = build_renderer(opts.model, torch.device("cpu"), opts.precision)
     assert r.train_dtype is None and r.inference_dtype is None
 
 
