@@ -8,6 +8,7 @@ from main import parse_options
 from models.factory import build_renderer
 from models.nerf import NeRF
 from tests.tiny_models import tiny_renderer
+from utils.precision import PRECISIONS
 
 
 def _net(seed=0, W=64):
@@ -77,7 +78,7 @@ def test_training_render_uses_the_mixed_pass_only_with_autograd():
     assert torch.equal(plain["rgb"], r.render_chunked(rays, keys=("rgb",))["rgb"])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "mixed"])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_precision_choices_and_the_cpu(tmp_path, precision):
     """Every choice parses; on the CPU none of them changes the renderer (float32 throughout)."""
     _, opts = parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
