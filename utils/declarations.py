@@ -201,7 +201,7 @@ def add_flags(parser, options, titles):
 
 
 def yaml_keys_text(options):
-    """The --help epilog: the YAML keys that have no flag, by section."""
+    """The --help epilog: the YAML keys that have no flag, in table order."""
     keys = [o for o in options.values() if not o.flag]
     width = max(len(f"{o.section}.{o.name}") for o in keys) + 2
     lines = ["YAML keys without a flag (in --config_file):"]
