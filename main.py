@@ -1,12 +1,11 @@
 """JacobiNeRF command line: flags + YAML config -> train | shape | render | propagate 2D/3D | perturb.
 
-main.py parses the flags, merges them into the YAML (utils/config.py), turns the result into
-typed, validated options (utils/options.py), then loads the scene, builds the renderer and calls
-one mode entry: training.run (train, shape, render_only), training.semantic (the Semantic-NeRF
-baseline, --semantic_nerf / --semantic_finetune) or propagation.run / propagation.editing
-(propagate_2d, propagate_3d, perturb_gradient). Nothing below reads the flags. Mode precedence is
-the original's: --render_only, --propagate_3d, --perturb_gradient, --propagate_2d, else training
-(Jacobi shaping when a shaping flag is set); --semantic_nerf combines with none of them.
+main.py builds the option table (utils/option_table.py plus the registries' flags), parses the
+flags, merges them into the YAML (utils/config.py), turns the result into typed, validated
+options (utils/build_options.py), then loads the scene, builds the renderer and calls the entry of
+one mode (`MODES`). Nothing below reads the flags. Mode precedence is the original's:
+--render_only, --propagate_3d, --perturb_gradient, --propagate_2d, else training (Jacobi shaping
+when a shaping flag is set); --semantic_nerf combines with none of them.
 """
 import dataclasses
 import os
@@ -25,33 +24,63 @@ from propagation.editing import perturb_gradient
 from propagation.run import propagate
 from training.run import render_only, train
 from training.semantic import train_semantic
+from utils.build_options import build_options
 from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
+from utils.declarations import Option, option_table
 from utils.errors import InputError, run_cli
-from utils.options import build_options
-from utils.precision import PRECISIONS
+from utils.modes import Mode
+from utils.option_table import OPTIONS
 from utils.rundir import (Interrupted, RunLock, RunStopped, check_output_dir, exit_on_sigterm, prepare_run_dir,
                           resume_command, write_failure)
 from utils.seeding import seed_everything
 
 
+def _render_only(opts, scene, renderer, rng):
+    return render_only(opts, scene, renderer)        # a render draws nothing at random
+
+
+# The modes, in the original's precedence (utils.modes.select_mode): the first exclusive mode whose
+# flag is given runs; without one, Jacobi shaping when a shaping flag is given, else plain training.
+MODES = {
+    "render_only": Mode(_render_only, "a render of the test views", ("render_only",)),
+    "propagate_3d": Mode(propagate, "3D label propagation", ("propagate_3d",), seeds=True),
+    "perturb_gradient": Mode(perturb_gradient, "scene editing", ("perturb_gradient",)),
+    "propagate_2d": Mode(propagate, "2D label propagation", ("propagate_2d",), seeds=True),
+    "semantic_nerf": Mode(train_semantic, "the Semantic-NeRF baseline", ("semantic_nerf", "semantic_finetune"),
+                          trains=True, seeds=True),
+    "shape": Mode(train, "Jacobi shaping", ("contrastive_2d", "contrastive_3d", "from_label"), trains=True,
+                  exclusive=False),
+    "train": Mode(train, "plain NeRF", (), trains=True, exclusive=False),
+}
+
+
+def options():
+    """The option table in force: the core table, then the registries' flags (utils imports nothing
+    above it): the Jacobian subsets, the direction rules and each loader's own options."""
+    core = dict(OPTIONS, dataset_type=dataclasses.replace(OPTIONS["dataset_type"], choices=tuple(LOADERS)))
+    subsets = [Option(s.flag, bool, False, s.help, "shaped") for s in PARAMETER_SUBSETS.values()]
+    rules = [Option(flag, bool, False, rule.help, "rules") for flag, rule in DIRECTION_RULES.items()]
+    loaders = [o for loader in LOADERS.values() if loader.options for o in loader.options.options]
+    return option_table(*core.values(), *subsets, *rules, *loaders)
+
+
 def parser():
-    return build_parser(dataset_types=tuple(LOADERS), subsets=[(s.flag, s.help) for s in PARAMETER_SUBSETS.values()],
-                        rules=[(flag, rule.help) for flag, rule in DIRECTION_RULES.items()])
+    return build_parser(options())
 
 
-def options_from_config(config, flag_names):
+def options_from_config(config):
     """RunOptions of a merged config (every value validated)."""
-    return build_options(config, flag_names, subset_flags(), tuple(DIRECTION_RULES), tuple(LOADERS))
+    return build_options(config, options(), MODES, subset_flags(), tuple(DIRECTION_RULES),
+                         {name: loader.options for name, loader in LOADERS.items()})
 
 
 def parse_options(argv=None):
     """(parsed args, RunOptions or None for --demo): the whole flag path of main.py."""
-    p = parser()
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
     if args.demo:
         return args, None
     config = merge_flags(load_yaml_config(args.config_file), args)
-    return args, options_from_config(config, [a.dest for a in p._actions])
+    return args, options_from_config(config)
 
 
 def configure_threads():
@@ -65,7 +94,7 @@ def configure_device(opts):
     device = select_device(opts.gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        tf32 = PRECISIONS[opts.model.precision].tf32
+        tf32 = opts.precision.on(device).tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return device
@@ -117,17 +146,9 @@ def run_mode(opts):
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
-    renderer = build_renderer(opts.model, device, PRECISIONS[opts.model.precision])
+    renderer = build_renderer(opts.model, device, opts.precision)
     save_resolved_config(opts.config, opts.save_dir)
-    if opts.mode == "render_only":
-        return render_only(opts, scene, renderer)
-    if opts.mode in ("propagate_2d", "propagate_3d"):
-        return propagate(opts, scene, renderer, rng)
-    if opts.mode == "perturb_gradient":
-        return perturb_gradient(opts, scene, renderer, rng)
-    if opts.mode == "semantic_nerf":
-        return train_semantic(opts, scene, renderer, rng)
-    return train(opts, scene, renderer, rng)
+    return MODES[opts.mode].entry(opts, scene, renderer, rng)
 
 
 def run_demo(args):

@@ -127,7 +127,7 @@ def profile_view(args, device):
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, "2d", SPARSE, args.n_samples, args.n_importance, 10)
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device).eval()
+    renderer = build_renderer(opts.model, device, opts.precision).eval()
     sc = random_scene(4, args.height, args.width, 10)
     rays = [image_rays(p.to(device), args.height, args.width, sc.intrinsics, 0.1, 10.0) for p in sc.test.poses]
     chunk = propagation_chunk(renderer)

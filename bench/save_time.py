@@ -20,7 +20,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp)
-        trainer = Trainer(opts.train, random_scene(), build_renderer(opts.model, device), tmp, seed=0, log=False)
+        trainer = Trainer(opts.train, random_scene(), build_renderer(opts.model, device, opts.precision), tmp, seed=0, log=False)
         for i in range(3):
             trainer.train_step(i)
         rows = []

@@ -1,14 +1,25 @@
 """The dataset loaders, by `--dataset_type` name. A loader takes a utils.options.DataOptions and
 returns a datasets.scene.Scene; adding a layout = one entry here (docs/ARCHITECTURE.md)."""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 from datasets.replica import load_replica
-from datasets.scannet import load_scannet
+from datasets.scannet import SCANNET_OPTIONS, load_scannet
+from utils.declarations import OptionGroup
+
+
+@dataclass(frozen=True)
+class Loader:
+    load: Callable                          # DataOptions -> Scene
+    options: Optional[OptionGroup] = None   # the layout's own flags, in DataOptions.loader when it is chosen
+
 
 LOADERS = {
-    "replica": load_replica,     # Semantic-NeRF's Replica layout (and the built-in synthetic room)
-    "scannet": load_scannet,     # an exported ScanNet scene (docs/SCANNET.md)
+    "replica": Loader(load_replica),               # Semantic-NeRF's Replica layout (and the built-in synthetic room)
+    "scannet": Loader(load_scannet, SCANNET_OPTIONS),   # an exported ScanNet scene (docs/SCANNET.md)
 }
 
 
 def load_scene(data):
     """Load the scene that `data` (DataOptions) names."""
-    return LOADERS[data.dataset_type](data)
+    return LOADERS[data.dataset_type].load(data)

@@ -40,6 +40,7 @@ from datasets.descriptors import FeatureOptions
 from datasets.frames import read_png
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from utils.colormaps import label_colormap
+from utils.declarations import Option, OptionGroup
 from utils.errors import InputError
 
 PAD_ROWS = 2                      # rows of zeros added at the top and at the bottom
@@ -314,10 +315,22 @@ def nyu_colour_map(classes, palette_size=41):
     return np.asarray(label_colormap(palette_size), dtype=np.uint8)[classes]
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanNetOptions:
+    sample_step: int              # step between training frames (required)
+
+
+# The layout's own options (datasets.registry passes them to main.py; DataOptions.loader holds them).
+SCANNET_OPTIONS = OptionGroup("ScanNet layout (--dataset_type scannet, docs/SCANNET.md)", ScanNetOptions, (
+    Option("sample_step", int, None, "step between training frames (train = every sample_step-th valid frame)",
+           "", keeps_yaml=True, required=True, low=1),
+))
+
+
 def load_scannet(data):
     """The exported ScanNet scene of a utils.options.DataOptions (`--dataset_type scannet`)."""
     loader = ScanNetLoader(
-        data.dataset_dir, data.height, data.width, data.sample_step, training_mode=data.training_mode,
+        data.dataset_dir, data.height, data.width, data.loader.sample_step, training_mode=data.training_mode,
         load_dino=data.load_dino, load_lseg=data.load_lseg, high_res_dino=data.high_res_dino,
         feature_dim=data.feature_dim, near=data.near, far=data.far, pin_features=data.load_on_cpu)
     return dataclasses.replace(loader.load(), convention=data.convention)

@@ -19,7 +19,8 @@ def render_options(model):
 
 
 def build_renderer(model, device, precision=FP32, engine=None):
-    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions).
+    """Coarse + fine NeRF and their encoders on `device` (model: utils.options.ModelOptions; rays
+    carry their own near/far, the scene's depth range).
     precision: the utils.precision.Precision of the run (resolved here for the device: the CPU runs
     float32 whatever the choice); engine: an Engine whose knobs to keep (benchmarks), its precision
     replaced by the resolved one."""
@@ -27,8 +28,7 @@ def build_renderer(model, device, precision=FP32, engine=None):
     coarse = NeRF(model.netdepth, model.netwidth, pos_enc.out_dim, dir_enc.out_dim)
     fine = NeRF(model.netdepth_fine, model.netwidth_fine, pos_enc.out_dim, dir_enc.out_dim)
     engine = replace(engine or Engine(), precision=precision.on(device))
-    return Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), model.near, model.far,
-                    engine).to(device)
+    return Renderer(coarse, fine, pos_enc, dir_enc, render_options(model), engine).to(device)
 
 
 def select_device(gpu=""):

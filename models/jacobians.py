@@ -53,7 +53,7 @@ PARAMETER_SUBSETS = {s.name: s for s in (
 
 
 def subset_flags():
-    """{flag: subset name} in precedence order (for utils.options.build_options)."""
+    """{flag: subset name} in precedence order (for utils.build_options)."""
     return {s.flag: s.name for s in PARAMETER_SUBSETS.values()}
 
 

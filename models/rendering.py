@@ -140,19 +140,16 @@ class Renderer(nn.Module):
     precision in force and the fast paths; `with_engine` gives a renderer on the same networks
     with another one (benchmarks and tests compare engines that way)."""
 
-    def __init__(self, coarse, fine, pos_enc, dir_enc, options: RenderOptions, near=0.1, far=10.0,
-                 engine: Engine = Engine()):
+    def __init__(self, coarse, fine, pos_enc, dir_enc, options: RenderOptions, engine: Engine = Engine()):
         super().__init__()
         self.coarse, self.fine = coarse, fine
         self.pos_enc, self.dir_enc = pos_enc, dir_enc
         self.opts = options
-        self.near, self.far = near, far
         self.engine = engine
 
     def with_engine(self, engine: Engine) -> "Renderer":
         """A renderer sharing these networks (and their weights) that evaluates them with `engine`."""
-        return Renderer(self.coarse, self.fine, self.pos_enc, self.dir_enc, self.opts, self.near, self.far,
-                        engine).train(self.training)
+        return Renderer(self.coarse, self.fine, self.pos_enc, self.dir_enc, self.opts, engine).train(self.training)
 
     # -- network evaluation in point chunks --------------------------------------------------
     def rays_per_call(self, net, samples):

@@ -67,7 +67,7 @@ def test_image_render_without_coarse_colour_equals_full_render():
     torch.manual_seed(1)
     coarse, fine = NeRF(W=32).double(), NeRF(W=32).double()
     r = Renderer(coarse, fine, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
-                 RenderOptions(n_samples=16, n_importance=16, netchunk=100), near=0.1, far=4.0).double()
+                 RenderOptions(n_samples=16, n_importance=16, netchunk=100)).double()
     rays = _rays(40)
     ref = r.with_engine(LAYERED).render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc", "rgb_coarse"))
     fast = r.render_chunked(rays, chunk=13, keys=("rgb", "depth", "acc"))
@@ -195,7 +195,7 @@ def test_image_render_in_odd_chunks_equals_layered_render(write):
     for p in (p for n in nets for p in n.parameters()):
         torch.nn.init.normal_(p, std=0.2)
     r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
-                 RenderOptions(n_samples=13, n_importance=18, netchunk=77), near=0.1, far=4.0).double()
+                 RenderOptions(n_samples=13, n_importance=18, netchunk=77)).double()
     rays = _rays(23)
     ref = r.with_engine(LAYERED).render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
     fast = r.with_engine(Engine(skip_write=write)).render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))

@@ -24,7 +24,6 @@ from training.graphs import FastStep, fast_step_reason
 from training.shaping import DeviceDescriptors, ShapingObjective, build_shaper
 from training.semantic import SemanticObjective
 from training.trainer import Trainer
-from utils.precision import PRECISIONS
 
 PAPER_FLAGS = ["--load_dino", "--contrastive_2d", "--contrastive_starting_step", "0", "--contrastive_step", "1",
                "--wgt_img", "1", "--wgt_contrastive", "1e-2", "--wgt_gradient", "1e-2", "--rgb_layer",
@@ -112,7 +111,7 @@ def make_trainer(tmp_path, device, shaping=False, extra=(), width=16, n_rays=24,
                    train=replace(opts.train, logging=replace(opts.train.logging, step_save_ckpt=10**9)))
     scene = random_scene()
     torch.manual_seed(0)
-    renderer = build_renderer(opts.model, device, PRECISIONS[opts.model.precision])
+    renderer = build_renderer(opts.model, device, opts.precision)
     objective = None
     if method == "shape":
         objective = ShapingObjective(opts.train, build_shaper(opts, scene, renderer, None)[0])

@@ -17,7 +17,7 @@ def small_renderer(seed=0, width=32, n_samples=8, n_importance=8, white_bkgd=Fal
     fine = NeRF(8, width, pos.out_dim, dirs.out_dim)
     opts = RenderOptions(n_samples=n_samples, n_importance=n_importance, perturb=1.0, raw_noise_std=1.0,
                          white_bkgd=white_bkgd)
-    return Renderer(coarse, fine, pos, dirs, opts, 0.1, 4.0).double()
+    return Renderer(coarse, fine, pos, dirs, opts).double()
 
 
 def random_rays(n, seed=1, dtype=torch.float64):

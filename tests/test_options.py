@@ -6,7 +6,7 @@ import pytest
 
 import main as jnerf_main
 from tests.cli_helpers import SMALL_FLAGS, write_config
-from utils.options import DEFAULT_AGG_STEPS
+from utils.option_table import default
 
 # (extra flags, YAML section overrides, text the one error line must contain)
 BAD_VALUES = [
@@ -44,7 +44,7 @@ BAD_VALUES = [
     (["--perturb_gradient", "--ckpt_path", "x.ckpt", "--rgb_layer", "--perturb_r", "300"], {},
      "--perturb_r 300: expected a value in [0, 255]"),
     (["--contrastive_2d", "--rgb_layer", "--from_label", "--contrastive_step", "0"], {},
-     "--contrastive_step 0: must be at least 1"),
+     "--contrastive_step 0: expected at least 1"),
     (["--contrastive_2d", "--rgb_layer", "--from_label", "--pos_ratio_lower", "0.5", "--pos_ratio_upper", "0.2"], {},
      "--pos_ratio_lower 0.5 is above --pos_ratio_upper 0.2"),
     (["--contrastive_2d", "--rgb_layer", "--from_label", "--pos_ratio_upper", "2"], {},
@@ -81,9 +81,9 @@ def test_good_values_build_typed_options(tmp_path):
                                         "--adaptive_selection", "--mean_gradient", "--train_agg"])
     assert opts.mode == "propagate_3d"
     assert opts.train.n_rays == 32 and opts.train.n_iters == 7 and opts.train.lrate == 5e-4
-    assert opts.model.netwidth == 16 and opts.model.n_samples == 64 and (opts.model.near, opts.model.far) == (0.1, 10.0)
+    assert opts.model.netwidth == 16 and opts.model.n_samples == 64 and (opts.data.near, opts.data.far) == (0.1, 10.0)
     # precedence as the original: adaptive_selection beats mean_gradient
-    assert opts.propagation.rule == "adaptive_selection" and opts.propagation.agg_steps == DEFAULT_AGG_STEPS
+    assert opts.propagation.rule == "adaptive_selection" and opts.propagation.agg_steps == default("agg_steps")
     assert opts.seeds.seed_dir == os.path.join(str(tmp_path / "o"), "seeds")
     assert opts.shaping is None and opts.edit is None
     _, opts = jnerf_main.parse_options(["--config_file", cfg, "--save_dir", "s", "--contrastive_2d", "--all_para",

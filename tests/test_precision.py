@@ -78,13 +78,13 @@ def test_training_render_uses_the_mixed_pass_only_with_autograd():
     assert torch.equal(plain["rgb"], r.render_chunked(rays, keys=("rgb",))["rgb"])
 
 
-@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "mixed"])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_precision_choices_and_the_cpu(tmp_path, precision):
     """Every choice parses; on the CPU none of them changes the renderer (float32 throughout)."""
     _, opts = parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
                              "--precision", precision])
-    assert opts.model.precision == precision
-    r = build_renderer(opts.model, torch.device("cpu"), PRECISIONS[precision])
+    assert opts.precision.name == precision and opts.precision is PRECISIONS[precision]
+    r = build_renderer(opts.model, torch.device("cpu"), opts.precision)
     assert r.engine.precision is FP32
     assert PRECISIONS[precision].on("cuda") is PRECISIONS[precision]
 

@@ -80,7 +80,7 @@ def settings_for(root, *flags, **exp):
     p = parser()
     cfg = merge_flags(cfg, p.parse_args(["--dataset_type", "scannet", "--save_dir", "unused", *flags]))
     cfg["experiment"].update(dataset_dir=str(root), height=CFG_HW[0], width=CFG_HW[1], **exp)
-    return options_from_config(cfg, [a.dest for a in p._actions]).data
+    return options_from_config(cfg).data
 
 
 VALID = [n for n in range(16) if n != NAN_FRAME]     # frame numbers of the valid list

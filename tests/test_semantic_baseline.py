@@ -162,7 +162,7 @@ def test_renderer_samples_feed_the_head():
     torch.manual_seed(0)
     pos, dirs = PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4)
     r = Renderer(NeRF(W=16, input_ch=63, input_ch_views=27), NeRF(W=16, input_ch=63, input_ch_views=27), pos, dirs,
-                 RenderOptions(n_samples=8, n_importance=8, perturb=0.0, raw_noise_std=0.0), 0.1, 4.0)
+                 RenderOptions(n_samples=8, n_importance=8, perturb=0.0, raw_noise_std=0.0))
     head = SemanticHead(16, 4)
     o = torch.zeros(5, 3)
     d = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)

@@ -15,7 +15,7 @@ from models.semantic import SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labe
 from tests.cli_helpers import write_config
 from tests.tiny_models import tiny_renderer
 from utils.errors import InputError
-from utils.options import DEFAULT_WGT_SEM
+from utils.option_table import default
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +112,7 @@ def _opts(tmp_path, *flags):
 def test_flags_mode_and_protocols(tmp_path):
     _, opts = _opts(tmp_path, "--semantic_nerf")
     assert opts.mode == "semantic_nerf" and opts.semantic.protocol == "joint"
-    assert opts.semantic.wgt_sem == DEFAULT_WGT_SEM == WGT_SEM
+    assert opts.semantic.wgt_sem == default("wgt_sem") == WGT_SEM
     assert opts.seeds is not None and opts.seeds.seed_dir == os.path.join(str(tmp_path / "o"), "seeds")
     _, opts = _opts(tmp_path, "--semantic_finetune", "--ckpt_path", "x.ckpt", "--wgt_sem", "0.5", "--test_instance")
     assert opts.semantic.protocol == "finetune" and opts.semantic.wgt_sem == 0.5 and opts.seeds.instance

@@ -27,8 +27,7 @@ def tiny_renderer(seed=0, width=16, n_samples=8, n_importance=8, dtype=torch.flo
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
             net.alpha_linear.bias.fill_(0.5)
             net.rgb_linear.weight.mul_(3.0)
-    r = Renderer(coarse, fine, pos, dirs, RenderOptions(n_samples, n_importance, perturb=1.0, raw_noise_std=1.0),
-                 near=0.5, far=4.0)
+    r = Renderer(coarse, fine, pos, dirs, RenderOptions(n_samples, n_importance, perturb=1.0, raw_noise_std=1.0))
     return r.to(dtype).eval()
 
 

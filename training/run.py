@@ -67,7 +67,7 @@ def fit_objective(opts, scene, renderer, objective, frames=None):
     precision is checked against the objective, --ckpt_path restored (with --resume: the step,
     optimizer and streams), then steps start .. n_iters; None when the checkpoint is past
     n_iters (nothing to train)."""
-    check_precision(objective, opts.model.precision)
+    check_precision(objective, opts.precision.name)
     trainer = Trainer(opts.train, scene, renderer, opts.save_dir, objective, frames=frames, seed=opts.seed,
                       test_viz_factor=opts.test_viz_factor)
     if opts.ckpt_path:

@@ -1,0 +1,249 @@
+"""The merged flags + YAML turned into `RunOptions`, every value checked before any data is read.
+
+`build_options` is called once, by main.py, on the merged configuration (every original flag, its
+default included, already copied over the YAML keys of the same name in `experiment`, `train` and
+`render`). Values are read by declaration (`utils.declarations.Values`: type, range, choices and
+default come from the option table); what is checked here is what one declaration cannot say:
+flag combinations and the options of the chosen mode. A bad value raises `InputError` naming the
+flag or the YAML key.
+
+The registries above utils (modes, Jacobian subsets, direction rules, loaders) are passed in by
+main.py, so this module imports nothing from the packages above it.
+"""
+import dataclasses
+import math
+import os
+from typing import Mapping, Optional, Sequence
+
+from utils.declarations import Option, OptionGroup, Values
+from utils.errors import InputError, NotSupportedError
+from utils.modes import Mode, select_mode
+from utils.options import (DataOptions, EditOptions, LoggingOptions, ModelOptions, PropagationOptions, RunOptions,
+                           SeedOptions, SemanticOptions, ShapingOptions, TrainOptions)
+from utils.precision import PRECISIONS
+
+
+def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping[str, Mode],
+                  subset_flags: Mapping[str, str], rule_flags: Sequence[str],
+                  loaders: Mapping[str, Optional[OptionGroup]]) -> RunOptions:
+    """RunOptions of the merged `config`, every value validated.
+
+    options: the option table in force (utils.option_table.OPTIONS plus the registries' flags);
+    modes: main.MODES; subset_flags: flag -> Jacobian subset name and rule_flags: the direction-rule
+    flags, both in the original's precedence order; loaders: dataset type -> its own OptionGroup.
+    """
+    v = Values(config, options)
+    save_dir = v.get("save_dir")
+    mode = select_mode(v.is_set, modes)
+    trains = modes[mode].trains
+    ckpt_path = v.get("ckpt_path")
+    if not trains and not ckpt_path:
+        raise InputError(f"--{mode} needs --ckpt_path (the original silently starts training instead)")
+    resume = v.get("resume")
+    if resume and not trains:
+        raise InputError(f"--resume continues a training run; it has no meaning with --{mode}")
+    overwrite = v.get("overwrite")
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite are exclusive (continue the run in --save_dir, or clear it)")
+    seed = v.get("seed")
+
+    data = _data_options(v, loaders)
+    if v.is_set("gt_feature_sim") and data.features is None:
+        raise InputError("--gt_feature_sim needs descriptors: add --load_dino (or --load_lseg)")
+    model = _model_options(v)
+    shaping = _shaping_options(v, subset_flags) if mode == "shape" else None
+    train = _train_options(v, trains, shaping)
+    test_viz_factor = v.get("test_viz_factor")
+    if data.height // test_viz_factor < 1 or data.width // test_viz_factor < 1:
+        raise InputError(f"--test_viz_factor {test_viz_factor}: larger than the image "
+                         f"({data.width}x{data.height})")
+
+    seeds = None
+    if modes[mode].seeds or (shaping is not None and (shaping.supervision != "features" or shaping.unmasked)):
+        seeds = _seed_options(v, save_dir, seed)
+    propagation = _propagation_options(v, mode, subset_flags, rule_flags) \
+        if mode in ("propagate_2d", "propagate_3d") else None
+    edit = _edit_options(v, subset_flags) if mode == "perturb_gradient" else None
+    semantic = _semantic_options(v, ckpt_path, resume) if mode == "semantic_nerf" else None
+    if v.is_set("load_saved") and v.is_set("visualise_save"):
+        raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
+
+    return RunOptions(mode=mode, save_dir=save_dir, data=data, model=model, train=train, ckpt_path=ckpt_path,
+                      resume=resume, overwrite=overwrite, seed=seed, gpu=v.get("gpu"),
+                      precision=PRECISIONS[v.get("precision")], test_viz_factor=test_viz_factor, shaping=shaping,
+                      seeds=seeds, propagation=propagation, edit=edit, semantic=semantic, config=config)
+
+
+def _depth_range(v):
+    value = v.raw("depth_range")
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"render.depth_range {value!r}: expected [near, far]")
+    try:
+        near, far = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise InputError(f"render.depth_range {value!r}: expected two numbers [near, far]") from None
+    if not (math.isfinite(near) and math.isfinite(far)) or near < 0 or near >= far:
+        raise InputError(f"render.depth_range {value!r}: expected 0 <= near < far")
+    return near, far
+
+
+def _data_options(v, loaders):
+    near, far = _depth_range(v)
+    dataset_type = v.get("dataset_type")
+    dataset_dir = v.get("dataset_dir")
+    if v.is_set("load_dino") and v.is_set("load_lseg"):
+        raise InputError("--load_dino and --load_lseg are exclusive")
+    convention = v.get("convention")
+    group = loaders.get(dataset_type)
+    loader = None
+    if group is not None:       # the loader's own options, read only when it is chosen
+        why = f" for --dataset_type {dataset_type}"
+        loader = group.values(**{o.name: v.get(o.name, why=why) for o in group.options})
+    return DataOptions(
+        dataset_type=dataset_type, dataset_dir=dataset_dir, width=v.get("width"), height=v.get("height"),
+        training_mode=v.get("training_mode"), load_dino=v.get("load_dino"), load_lseg=v.get("load_lseg"),
+        high_res_dino=v.get("high_res_dino"), feature_dim=v.get("feature_dim"), load_on_cpu=v.get("load_on_cpu"),
+        near=near, far=far, convention=convention, loader=loader)
+
+
+def _model_options(v):
+    if not v.get("use_viewdirs"):
+        raise NotSupportedError("render.use_viewdirs: false is not supported (the shaped layer "
+                                "rgb_linear exists only in the view-dependent network)")
+    n_importance = v.get("N_importance")
+    if n_importance <= 0:
+        raise NotSupportedError("--N_importance 0 is not supported: shaping and propagation act on "
+                                "the fine network (the original crashes here too)")
+    n_samples = v.get("N_samples")
+    if n_samples < 3:
+        raise NotSupportedError("--N_samples must be at least 3 (importance sampling needs inner bins)")
+    names = ("netdepth", "netwidth", "netdepth_fine", "netwidth_fine", "multires", "multires_views", "i_embed",
+             "perturb", "raw_noise_std", "white_bkgd", "chunk", "netchunk")
+    return ModelOptions(n_samples=n_samples, n_importance=n_importance, **{k: v.get(k) for k in names})
+
+
+def _train_options(v, trains, shaping):
+    n_iters = v.get("N_iters", required=trains, why=" to train")   # checked in every mode, as before
+    unmasked = v.is_set("from_unmasked_only") or (shaping is not None and shaping.unmasked)
+    batching = ("fixed" if v.is_set("sample_fixed") else "unmasked" if unmasked
+                else "no_batching" if v.is_set("no_batching") else "batching")
+    logging = LoggingOptions(**{f.name: v.get(f.name) for f in dataclasses.fields(LoggingOptions)})
+    return TrainOptions(
+        n_iters=0 if n_iters is None else n_iters, n_rays=v.get("N_rays"), lrate=v.get("lrate"),
+        lrate_decay=v.get("lrate_decay"), wgt_img=v.get("wgt_img"), batching=batching,
+        fix_density=v.get("fix_density"), load_on_cpu=v.get("load_on_cpu"), keep_ckpts=v.get("keep_ckpts"),
+        cuda_graph=not v.get("no_cuda_graph"), logging=logging)
+
+
+def supervision_mode(v):
+    """'features' | 'labels' | 'alternate' from the supervision flags (docs/SHAPING.md)."""
+    feats, labels = v.is_set("gt_feature_sim"), v.is_set("sample_semantic")
+    if v.is_set("sample_alter"):
+        return "alternate"
+    if feats and labels:
+        raise InputError("--gt_feature_sim and --sample_semantic both choose the positives; pass one, "
+                         "or --sample_alter to alternate between them")
+    if feats:
+        return "features"
+    if labels or v.is_set("from_label"):
+        return "labels"
+    raise InputError("shaping needs a supervision for positives: --gt_feature_sim (descriptor similarity, "
+                     "the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
+
+
+def _shaping_options(v, subset_flags):
+    every = v.get("contrastive_step")
+    subset = next((name for flag, name in subset_flags.items() if v.is_set(flag)), None)
+    if subset is None:
+        raise InputError("shaping needs the shaped parameters: " + ", ".join(f"--{f}" for f in subset_flags)
+                         + " (--rgb_layer is the paper's)")
+    mode = supervision_mode(v)
+    uses_features, uses_labels = mode in ("features", "alternate"), mode in ("labels", "alternate")
+    extras = [f for f in ("spatial", "spatial_embedding", "concat_color", "render_nocs") if v.is_set(f)]
+    if extras and not uses_features:
+        raise InputError(f"--{extras[0]} modifies descriptor similarities; with label supervision it has "
+                         "no effect (add --gt_feature_sim or --sample_alter)")
+    if v.is_set("render_nocs") and (v.is_set("spatial") or v.is_set("spatial_embedding")):
+        raise InputError("--render_nocs replaces --spatial/--spatial_embedding (the original ignores them); "
+                         "pass one of them")
+    if uses_features and not (v.is_set("load_dino") or v.is_set("load_lseg")):
+        what = "--sample_alter alternates descriptor and label supervision" if mode == "alternate" \
+            else "--gt_feature_sim"
+        raise InputError(f"{what}: it needs descriptors; add --load_dino (or --load_lseg)")
+    lower, upper = v.get("pos_ratio_lower"), v.get("pos_ratio_upper")
+    if lower > upper:
+        raise InputError(f"--pos_ratio_lower {lower} is above --pos_ratio_upper {upper}")
+    t_lower, t_upper = v.get("pos_threshold_lower"), v.get("pos_threshold_upper")
+    if t_lower > t_upper:
+        raise InputError(f"--pos_threshold_lower {t_lower} is above --pos_threshold_upper {t_upper}")
+    unmasked = v.is_set("from_unmasked_only") or (v.is_set("from_unmasked") and uses_labels)
+    # the label step matters (and is checked) only when supervision alternates
+    label_step = v.get("finetune_label_step") if mode == "alternate" else ShapingOptions.label_step
+    return ShapingOptions(
+        target="3d" if v.is_set("contrastive_3d") and not v.is_set("contrastive_2d") else "2d",
+        subset=subset, supervision=mode, start=v.get("contrastive_starting_step"), every=every,
+        label_step=label_step, wgt_contrastive=v.get("wgt_contrastive"), wgt_gradient=v.get("wgt_gradient"),
+        pos_threshold=v.get("pos_threshold"), nocs_pos_threshold=v.get("nocs_pos_threshold"),
+        adaptive_threshold=v.get("adaptive_threshold"), pos_ratio_lower=lower, pos_ratio_upper=upper,
+        pos_threshold_lower=t_lower, pos_threshold_upper=t_upper, pos_order=v.get("pos_order"),
+        dot_product=v.get("nce_dot_product"), absolute=v.get("contrastive_abs"),
+        norm_loss=v.get("gradient_norm_loss") or v.get("nce_dot_product"),
+        random_channel=v.get("random_channel"), concat_color=v.get("concat_color"),
+        spatial="embedding" if v.is_set("spatial_embedding") else "xyz" if v.is_set("spatial") else None,
+        render_nocs=v.get("render_nocs"), unmasked=unmasked)
+
+
+def _seed_options(v, save_dir, seed):
+    names = ("sparse_views", "sparse_ratio", "label_map_ids", "random_sample", "label_propagation", "partial_perc",
+             "user_click", "num_click", "visualise_save", "load_saved")
+    return SeedOptions(seed_dir=v.get("seed_dir") or os.path.join(save_dir, "seeds"),
+                       instance=v.get("test_instance"), rng_seed=seed, **{k: v.get(k) for k in names})
+
+
+def _semantic_options(v, ckpt_path, resume):
+    finetune = v.is_set("semantic_finetune")
+    if finetune and not ckpt_path and not resume:
+        raise InputError("--semantic_finetune trains semantic heads on a trained NeRF, frozen: give its checkpoint "
+                         "with --ckpt_path (e.g. a plain NeRF run's <save_dir>/checkpoints/200000.ckpt)")
+    return SemanticOptions(protocol="finetune" if finetune else "joint", wgt_sem=v.get("wgt_sem"))
+
+
+def _require_rgb_layer(v, mode, subset_flags):
+    if v.is_set("rgb_layer"):
+        return
+    other = [f"--{f}" for f in subset_flags if f != "rgb_layer" and v.is_set(f)]
+    if other:
+        raise NotSupportedError(f"--{mode} with {other[0]}: propagation perturbs only the fine rgb_linear "
+                                "weight; pass --rgb_layer (the original crashes on the other layers)")
+    raise InputError(f"--{mode} needs --rgb_layer (the shaped layer whose perturbations propagate labels)")
+
+
+def _propagation_options(v, mode, subset_flags, rule_flags):
+    _require_rgb_layer(v, mode, subset_flags)
+    rule = next((r for r in rule_flags if v.is_set(r)), None)
+    if rule is None:
+        raise InputError(f"--{mode} needs a direction rule: " + ", ".join(f"--{r}" for r in rule_flags)
+                         + " (--mean_gradient for sparse clicks, --adaptive_selection for dense labels)")
+    if v.is_set("train_agg") and rule != "adaptive_selection":
+        raise InputError("--train_agg needs --adaptive_selection (the aggregator is trained on the selected "
+                         "directions' responses, as in the original)")
+    if v.is_set("spatial") and mode == "propagate_3d":
+        raise NotSupportedError("--spatial with --propagate_3d is not supported (the original crashes on a "
+                                "shape mismatch); use it with --propagate_2d")
+    if v.is_set("spatial") and v.is_set("train_agg"):
+        raise InputError("--spatial cannot be combined with --train_agg (the original multiplies an empty "
+                         "list there); drop one of them")
+    names = ("train_agg", "agg_steps", "normalize_2d", "no_abs", "random_channel", "merge_instance", "num_comb",
+             "num_iters", "n_clusters", "perturb_t", "visualize_gradients", "spatial")
+    return PropagationOptions(kind="2d" if mode == "propagate_2d" else "3d", rule=rule,
+                              instance=v.get("test_instance"), noisy=v.get("noisy_propagation"),
+                              **{k: v.get(k) for k in names})
+
+
+def _edit_options(v, subset_flags):
+    _require_rgb_layer(v, "perturb_gradient", subset_flags)
+    colour = tuple(v.get(k) for k in ("perturb_r", "perturb_g", "perturb_b"))
+    if v.is_set("t_iter"):
+        colour = (255, 255, 255)
+    return EditOptions(n_pixels=v.get("N_rays"), sample_fixed=v.get("sample_fixed"), perturb_t=v.get("perturb_t"),
+                       colour=colour, t_iter=v.get("t_iter"), no_abs=v.get("no_abs"), noisy=v.get("noisy_propagation"))
