@@ -123,12 +123,6 @@ def responses_3d(fine, M, no_abs=False):
     return torch.einsum("bs,bsd->bd", fine.weights, r)
 
 
-def point_responses_3d(fine, M, no_abs=False):
-    """[B, S, D]: the per-sample responses r_id themselves (for tests and inspection)."""
-    r = fine.features @ M.mean(1).T
-    return r if no_abs else r.abs()
-
-
 # ----------------------------------------------------------------------------- whole views
 
 def propagation_chunk(renderer):

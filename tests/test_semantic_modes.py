@@ -10,8 +10,9 @@ import torch
 
 import main as jnerf_main
 from models.checkpoints import load_checkpoint, load_semantic_heads, save_checkpoint
+from models._reference import point_logits_at
 from models.semantic import (SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, render_logits,
-                             render_semantic_rays, semantic_logits_at, semantic_state)
+                             render_semantic_rays, semantic_state)
 from tests.cli_helpers import write_config
 from tests.tiny_models import tiny_renderer
 from utils.errors import InputError
@@ -44,7 +45,7 @@ def test_semantic_render_is_the_plain_render_plus_rendered_logits():
     for key in ("rgb", "rgb_coarse", "depth", "acc"):
         assert torch.allclose(out[key], ref[key], atol=1e-10), key
     assert torch.allclose(out["weights"], ref["fine"].weights, atol=1e-10)
-    s = semantic_logits_at(r, r.fine, heads[1], rays, ref["fine"].z)
+    s = point_logits_at(r, r.fine, heads[1], rays, ref["fine"].z)
     assert torch.allclose(out["point_logits"], s, atol=1e-10)
     assert torch.allclose(out["logits"], render_logits(ref["fine"].weights, s), atol=1e-10)
     # training mode: the same random draws give the same colour as the plain renderer
