@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
 from main import parse_options  # noqa: E402
-from models.checkpoints import save_checkpoint  # noqa: E402
+from models.checkpoints import checkpoint_data, write_checkpoint  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from propagation.run import propagate  # noqa: E402
 
@@ -101,7 +101,7 @@ def run_one(kind, flags, scene, device, args, precision="fp32"):
         opts = options_for(tmp, kind, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
         renderer = build_renderer(opts.model, device)
-        save_checkpoint(opts.ckpt_path, 0, renderer)          # random weights
+        write_checkpoint(opts.ckpt_path, checkpoint_data(0, renderer))     # random weights
         if precision == "fp16" and device.type == "cuda":
             renderer.inference_dtype = torch.float16
         renderer.eval()

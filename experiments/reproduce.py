@@ -59,7 +59,6 @@ def started_path(save_dir):
     return os.path.join(os.path.dirname(os.path.normpath(save_dir)), f".{os.path.basename(os.path.normpath(save_dir))}.started")
 DEFAULT_METRICS = ("miou", "total_accuracy", "class_average_accuracy")
 TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")
-RUN_CONTROL = ("--overwrite", "--resume", "--visualise_save", "--load_saved")
 
 
 # ---------------------------------------------------------------------------------- the YAML

@@ -32,11 +32,6 @@ def checkpoint_path(save_dir, step):
     return os.path.join(save_dir, "checkpoints", f"{step:06d}.ckpt")
 
 
-def save_checkpoint(path, step, renderer, optimizer=None, extra=None, semantic=None):
-    """Write the checkpoint (`checkpoint_data`) with `write_checkpoint`."""
-    return write_checkpoint(path, checkpoint_data(step, renderer, optimizer, extra, semantic))
-
-
 def checkpoint_data(step, renderer, optimizer=None, extra=None, semantic=None):
     """The checkpoint dict (its tensors are the live ones: copy them before the next step if the
     write is deferred). semantic: models.semantic.semantic_state(...) of a Semantic-NeRF run,

@@ -15,13 +15,13 @@ from datasets.seed_maps import seed_labels
 from models.checkpoints import apply_checkpoint, load_checkpoint
 from propagation.aggregator import train_aggregator
 from propagation.directions import RuleInputs, choose_directions, gradient_pixel_images
-from propagation.outputs import class_names, finish_metrics, seed_class_confusion, summary_line, \
-    valid_colour_map, write_view_outputs
 from propagation.pixels import all_rays, labelled_pixels, pixel_jacobians
 from propagation.responses import cumulative_mixers, mixing_matrix, perturbation_matrices, propagation_chunk, \
     view_responses
-from propagation.testviews import TestPlan, propagate_views, scaled_labels
+from propagation.testviews import TestPlan, propagate_views
 from utils.image_io import write_png
+from utils.label_outputs import class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line, \
+    valid_colour_map, write_view_outputs
 
 MAX_SPATIAL_POINTS = 2048
 

@@ -6,7 +6,8 @@ import torch
 
 from datasets.registry import load_scene
 from main import parse_options
-from models.checkpoints import apply_checkpoint, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoints import apply_checkpoint, checkpoint_data, checkpoint_path, latest_checkpoint, load_checkpoint, \
+    write_checkpoint
 from models.factory import build_renderer
 from tests.cli_helpers import write_config
 from tests.tiny_scene import write_tiny_replica
@@ -68,7 +69,7 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     assert opt.param_groups[0]["lr"] == 4e-4
     # and ours, saved, has exactly the original's keys, names and shapes
     ours = str(tmp_path / "ours.ckpt")
-    save_checkpoint(ours, 7, r, opt)
+    write_checkpoint(ours, checkpoint_data(7, r, opt))
     back = torch.load(ours, weights_only=True)
     assert set(back) >= {"global_step", "network_coarse_state_dict", "network_fine_state_dict", "optimizer_state_dict"}
     layout = dict(original_layout())
@@ -100,7 +101,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     opts = full_options(str(tmp_path))
     r = build_renderer(opts.model, torch.device("cpu"))
     path = str(tmp_path / "latest.ckpt")
-    save_checkpoint(path, 1, r)
+    write_checkpoint(path, checkpoint_data(1, r))
     before = open(path, "rb").read()
 
     def boom(obj, f, *a, **k):
@@ -109,7 +110,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        save_checkpoint(path, 2, r)
+        write_checkpoint(path, checkpoint_data(2, r))
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["latest.ckpt"]
 
@@ -118,7 +119,7 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
     assert latest_checkpoint(str(tmp_path)) is None
     r = build_renderer(full_options(str(tmp_path)).model, torch.device("cpu"))
     for step in (9, 120, 30):
-        save_checkpoint(checkpoint_path(str(tmp_path), step), step, r)
+        write_checkpoint(checkpoint_path(str(tmp_path), step), checkpoint_data(step, r))
     (tmp_path / "checkpoints" / "notes.ckpt").write_bytes(b"")
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "000120.ckpt")
 

@@ -9,12 +9,12 @@ from scipy.special import softmax
 from propagation.aggregator import ResponseAggregator, train_aggregator
 from propagation.compare import compare_runs
 from propagation.directions import DIRECTION_RULES, RuleInputs, choose_directions, closest_members, cosine_kmeans
-from propagation.outputs import seed_class_confusion
 from propagation.pixels import labelled_pixels, pixel_jacobians
 from propagation.postprocess import gaussian_blur3, labels_2d, labels_3d, postprocess_2d, spatial_weights
 from propagation.selection import batched_miou
 from tests.tiny_models import tiny_camera, tiny_renderer
 from utils._reference import segmentation_metrics
+from utils.label_outputs import seed_class_confusion
 from utils.options import PropagationOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")

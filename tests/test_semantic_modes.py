@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main as jnerf_main
-from models.checkpoints import load_checkpoint, load_semantic_heads, save_checkpoint
+from models.checkpoints import checkpoint_data, load_checkpoint, load_semantic_heads, write_checkpoint
 from models._reference import point_logits_at
 from models.semantic import (SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, render_logits,
                              render_semantic_rays, semantic_state)
@@ -90,7 +90,7 @@ def test_frozen_nerf_gets_no_gradient_and_joint_reaches_the_trunk():
 def test_checkpoint_keeps_the_heads_under_their_own_key(tmp_path):
     r = tiny_renderer().float()
     heads = (SemanticHead(16, 4), SemanticHead(16, 4))
-    path = save_checkpoint(str(tmp_path / "000001.ckpt"), 1, r, semantic=semantic_state(*heads))
+    path = write_checkpoint(str(tmp_path / "000001.ckpt"), checkpoint_data(1, r, semantic=semantic_state(*heads)))
     data = load_checkpoint(path)
     assert set(data[SEMANTIC_KEY]) >= {"coarse", "fine", "num_classes"}
     fresh = (SemanticHead(16, 4), SemanticHead(16, 4))
@@ -99,7 +99,7 @@ def test_checkpoint_keeps_the_heads_under_their_own_key(tmp_path):
     assert torch.equal(fresh[1](x), heads[1](x))
     with pytest.raises(InputError, match="do not match"):
         load_semantic_heads(path, data, SemanticHead(16, 5), SemanticHead(16, 5))
-    plain = load_checkpoint(save_checkpoint(str(tmp_path / "000002.ckpt"), 2, r))
+    plain = load_checkpoint(write_checkpoint(str(tmp_path / "000002.ckpt"), checkpoint_data(2, r)))
     with pytest.raises(InputError, match="no Semantic-NeRF heads"):
         load_semantic_heads("p.ckpt", plain, *fresh)
     assert not load_semantic_heads("p.ckpt", plain, *fresh, required=False)
