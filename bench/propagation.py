@@ -29,6 +29,7 @@ from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
 from main import parse_options  # noqa: E402
 from models.checkpoints import checkpoint_data, write_checkpoint  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
+from models.render_views import render_chunk_size  # noqa: E402
 from propagation.run import propagate  # noqa: E402
 
 SPARSE = ["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation", "--partial_perc", "0",
@@ -124,14 +125,13 @@ def profile_view(args, device):
     precisions, and the top CUDA kernels of the render."""
     from models.rays import image_rays
     from propagation.responses import perturbation_matrices, render_chunks, responses_2d, responses_3d
-    from propagation.responses import propagation_chunk
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, "2d", SPARSE, args.n_samples, args.n_importance, 10)
     torch.manual_seed(0)
     renderer = build_renderer(opts.model, device).eval()
     sc = random_scene(4, args.height, args.width, 10)
     rays = [image_rays(p.to(device), args.height, args.width, sc.intrinsics, 0.1, 10.0) for p in sc.test.poses]
-    chunk = propagation_chunk(renderer)
+    chunk = render_chunk_size(renderer)
     gen = torch.Generator().manual_seed(0)
     M = perturbation_matrices(torch.randn(10, 3, 128, generator=gen, dtype=torch.float64) * 1e-2, 0.1,
                               device=device)

@@ -168,6 +168,15 @@ def apply_checkpoint(path, data, renderer, optimizer=None):
                              f"parameters ({exc}); --fix_density must match the run that wrote it") from exc
 
 
+def restore_checkpoint(path, renderer, optimizer=None):
+    """Read the checkpoint at `path` onto the renderer's device and load its weights into
+    `renderer` (with `optimizer`, also the optimizer state: a resumed run); one InputError naming
+    the file on any problem. Returns the checkpoint dict (`global_step`, `jnerf_state`, heads)."""
+    data = load_checkpoint(path, map_location=renderer.device)
+    apply_checkpoint(path, data, renderer, optimizer)
+    return data
+
+
 def latest_checkpoint(save_dir):
     """Path of the highest-step checkpoint in <save_dir>/checkpoints, or None."""
     steps = checkpoint_steps(save_dir)

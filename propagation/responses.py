@@ -125,13 +125,6 @@ def responses_3d(fine, M, no_abs=False):
 
 # ----------------------------------------------------------------------------- whole views
 
-def propagation_chunk(renderer):
-    """Rays per render call: about 4M coarse + fine points on CUDA, 128k on the CPU."""
-    s = renderer.opts.n_samples + renderer.opts.n_importance
-    points = 1 << 22 if renderer.device.type == "cuda" else 1 << 17
-    return max(256, points // s)
-
-
 def render_chunks(renderer, rays, chunk, train=False, generator=None):
     """Yield (start, render dict with 'fine') for consecutive ray chunks, without gradients."""
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 from datasets.registry import load_scene
 from main import parse_options
 from models.checkpoints import apply_checkpoint, checkpoint_data, checkpoint_path, latest_checkpoint, load_checkpoint, \
-    write_checkpoint
+    restore_checkpoint, write_checkpoint
 from models.factory import build_renderer
 from tests.cli_helpers import write_config
 from tests.tiny_scene import write_tiny_replica
@@ -59,7 +59,7 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     opts = full_options(str(tmp_path))
     r = build_renderer(opts.model, torch.device("cpu"))
     opt = build_optimizer(r, 5e-4)
-    apply_checkpoint(path, load_checkpoint(path), r, opt)
+    assert restore_checkpoint(path, r, opt)["global_step"] == 7
     for k, v in data["network_fine_state_dict"].items():
         assert torch.equal(r.fine.state_dict()[k], v)
     # the optimizer's i-th parameter is the original's i-th parameter (coarse then fine)
@@ -95,6 +95,21 @@ def test_wrong_architecture_and_non_checkpoints_are_refused(tmp_path):
         load_checkpoint(str(tmp_path / "dict.ckpt"))
     with pytest.raises(InputError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.ckpt"))
+
+
+def test_restore_without_an_optimizer_loads_the_weights_only(tmp_path):
+    opts = full_options(str(tmp_path))
+    src, dst = (build_renderer(opts.model, torch.device("cpu")) for _ in range(2))
+    with torch.no_grad():
+        src.fine.rgb_linear.weight.fill_(0.25)
+    path = write_checkpoint(str(tmp_path / "a.ckpt"), checkpoint_data(3, src))
+    data = restore_checkpoint(path, dst)
+    assert data["global_step"] == 3 and data["optimizer_state_dict"] == {}
+    for a, b in ((src.coarse, dst.coarse), (src.fine, dst.fine)):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+    with pytest.raises(InputError, match="holds no optimizer state"):
+        restore_checkpoint(path, dst, build_optimizer(dst, 5e-4))
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
