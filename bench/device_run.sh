@@ -23,11 +23,13 @@
 #   pipeline         bench/pipeline.py: the README's stages at reduced length, projected  [scene]
 #   oracle           python -m experiments.oracle
 #   commands         bash bench/gpu_commands.sh: the paper's commands through main.py
+#   estimate         python -m experiments.reproduce $PLAN --estimate (default experiments/replica.yaml):
+#                    the projected time of a reproduction plan on this GPU (calibration runs included)
 # [scene]: the 900-frame 320x240 synthetic room of bench/pipeline.py in $WORK, generated on the CPU
 # in the background while the steps before run.
 #
 # Environment: OUT (logs; /tmp/bench_out), BUDGET (seconds for all steps; 540, under a 600 s call),
-# WORK (the pipeline's scene and runs; /tmp/jnerf_pipe).
+# WORK (the pipeline's scene and runs; /tmp/jnerf_pipe), PLAN (the estimate step's YAML).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -54,6 +56,7 @@ step_command() {  # name -> "timeout command..." (words), or nothing for an unkn
                        --deadline "$DEADLINE" ;;
     oracle) echo 200 python -m experiments.oracle ;;
     commands) echo 600 env OUT="$OUT" bash bench/gpu_commands.sh ;;
+    estimate) echo 600 python -m experiments.reproduce "${PLAN:-experiments/replica.yaml}" --estimate ;;
   esac
 }
 

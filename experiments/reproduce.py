@@ -27,7 +27,8 @@ Both combine (an array of torchrun jobs). There is no scheduler of its own.
 
 The pieces: experiments/plan.py (the YAML into a Plan), experiments/stages.py (the stages of a
 scene, their markers, running them), experiments/launch.py (the shares of torchrun ranks and SLURM
-tasks, the barrier), experiments/results.py (the tables and the plot); this module is the entry.
+tasks, the barrier), experiments/results.py (the tables and the plot), experiments/estimate.py
+(--estimate: the projected time of every stage, scene and process); this module is the entry.
 """
 import argparse
 import os
@@ -39,12 +40,13 @@ import traceback
 import torch
 
 import main as jnerf_main
+from experiments.estimate import DEFAULT_CALIBRATION_STEPS, estimate_markdown, project_plan
 from experiments.launch import Group, device_flags, my_scenes, shard
 from experiments.layout import scene_dir
 from experiments.plan import load_plan
 from experiments.results import collect_results, write_results
 from experiments.stages import run_scene, scene_stages
-from utils.atomic import write_json_atomic
+from utils.atomic import write_json_atomic, write_text_atomic
 from utils.errors import InputError, run_cli
 
 
@@ -92,6 +94,24 @@ def reproduce(yaml_path, out_dir=None, data_root=None, collect_only=False, dry_r
     return dict(results=results, ran=ran, failed=failed, wall_s=time.time() - t0)
 
 
+def estimate(yaml_path, out_dir=None, data_root=None, processes=None,
+             calibration_steps=DEFAULT_CALIBRATION_STEPS):
+    """--estimate: print the projected time of the plan of `yaml_path` on this machine (and write it
+    to <out_dir>/estimate.md), calibrating the rates no earlier run recorded; returns
+    experiments.estimate.project_plan's dict. processes: how many share the scenes (unset: the
+    launcher's count, 1 when started by python)."""
+    plan = load_plan(yaml_path, out_dir, data_root)
+    _, count, local, world = shard()
+    if world > 1:
+        raise InputError("--estimate runs in one process: start it with python, not torchrun "
+                         "(--processes N projects N processes)")
+    est = project_plan(plan, processes or count, calibration_steps, local)
+    text = estimate_markdown(plan, est)
+    print("\n" + text, flush=True)
+    write_text_atomic(os.path.join(plan.out_dir, "estimate.md"), text)
+    return est
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n")[0])
     p.add_argument("yaml", help="the reproduction YAML (e.g. experiments/demo.yaml)")
@@ -99,10 +119,25 @@ def main(argv=None):
     p.add_argument("--data_root", default=None, help="where synthetic rooms are generated (unset: <out_dir>/data)")
     p.add_argument("--collect", action="store_true", help="only write the results of the stages already finished")
     p.add_argument("--dry_run", action="store_true", help="print this process's stage commands and exit")
+    p.add_argument("--estimate", action="store_true",
+                   help="print each stage's projected time on this machine and the totals per scene and process "
+                        "(rates of earlier runs in out_dir, else short calibration runs in <out_dir>/estimate)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="with --estimate: processes sharing the scenes (unset: the launcher's, 1 under python)")
+    p.add_argument("--calibration_steps", type=int, default=DEFAULT_CALIBRATION_STEPS,
+                   help="with --estimate: training (and aggregator) steps of a calibration run")
     args = p.parse_args(argv)
+    if not args.estimate and (args.processes is not None or args.calibration_steps != DEFAULT_CALIBRATION_STEPS):
+        p.error("--processes and --calibration_steps go with --estimate")
+    if args.calibration_steps < 2:
+        p.error(f"--calibration_steps {args.calibration_steps}: expected at least 2 (a steady rate needs steps "
+                "after the first)")
     box = {}
 
     def go():
+        if args.estimate:
+            estimate(args.yaml, args.out_dir, args.data_root, args.processes, args.calibration_steps)
+            return
         box.update(reproduce(args.yaml, args.out_dir, args.data_root, args.collect, args.dry_run))
 
     rc = run_cli(go)

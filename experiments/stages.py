@@ -47,6 +47,14 @@ class Stage:
     seeds: bool = False                   # uses seeds: --visualise_save the first time, else --load_saved
     out_dir: str = ""                     # the run's folder; markers record paths relative to it
     deps: List[str] = field(default_factory=list)   # folders of the stages whose checkpoints it reads
+    steps: int = 0                        # training steps (N_iters) of a training stage
+    # stages with the same speed_key run at the same rate (experiments/estimate.py): the kind, and
+    # for propagation its dim, label space and propagation flags (the selection, the aggregator)
+    rate_group: str = ""
+
+    @property
+    def speed_key(self):
+        return self.rate_group or self.kind
 
     @property
     def key(self):
@@ -72,7 +80,7 @@ def scene_stages(plan, scene, config):
     plain_ckpt = _final_ckpt(plain_dir, st["plain"]["N_iters"])
     stages.append(Stage("plain", f"{scene.name}: plain NeRF", plain_dir,
                         common + ["--save_dir", plain_dir, "--N_iters", str(st["plain"]["N_iters"])] + st["plain"]["flags"],
-                        [plain_ckpt, os.path.join(plain_dir, "metrics.json")], config))
+                        [plain_ckpt, os.path.join(plain_dir, "metrics.json")], config, steps=st["plain"]["N_iters"]))
     ckpts = {"plain": plain_ckpt}
     if "jnerf" in plan.methods:
         d = os.path.join(root, "jnerf")
@@ -80,7 +88,8 @@ def scene_stages(plan, scene, config):
         stages.append(Stage("jnerf", f"{scene.name}: Jacobi shaping (JacobiNeRF)", d,
                             common + ["--save_dir", d, "--ckpt_path", plain_ckpt, "--N_iters",
                                       str(st["jnerf"]["N_iters"])] + st["jnerf"]["flags"],
-                            [ckpts["jnerf"], os.path.join(d, "metrics.json")], config, deps=[plain_dir]))
+                            [ckpts["jnerf"], os.path.join(d, "metrics.json")], config, deps=[plain_dir],
+                            steps=st["jnerf"]["N_iters"]))
     prop_flags = st.get("propagate", {}).get("flags", [])
     for space in scene.label_spaces:
         space_flags = ["--test_instance"] if space == "instance" else []
@@ -97,7 +106,9 @@ def scene_stages(plan, scene, config):
                                             seeded + [f"--propagate_{dim}", "--rgb_layer", "--ckpt_path", ckpts[method],
                                                       "--save_dir", d] + regime.propagation + prop_flags,
                                             [metrics], config, seeds=True,
-                                            deps=[os.path.dirname(os.path.dirname(ckpts[method]))]))
+                                            deps=[os.path.dirname(os.path.dirname(ckpts[method]))],
+                                            rate_group=f"propagate_{dim} {space} "
+                                                       + shlex.join(regime.propagation + prop_flags)))
                 else:
                     d = os.path.join(base, method)
                     n = st[method]["N_iters"]
@@ -107,7 +118,8 @@ def scene_stages(plan, scene, config):
                                         seeded + mode + ["--save_dir", d, "--N_iters", str(n)] + st[method]["flags"],
                                         [_final_ckpt(d, n)] + [cell_metrics(plan.out_dir, scene.name, space,
                                                                             regime.name, method, k) for k in DIMS],
-                                        config, seeds=True, deps=[plain_dir] if method == "semantic_finetune" else []))
+                                        config, seeds=True, deps=[plain_dir] if method == "semantic_finetune" else [],
+                                        steps=n))
     for stage in stages:
         stage.out_dir = plan.out_dir
     return stages
