@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.nerf_step import cli_precision, options_for, random_scene  # noqa: E402
+from bench.nerf_step import BENCH_PRECISIONS, cli_precision, options_for, random_scene  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 

@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.scene import Intrinsics, Scene, Split  # noqa: E402
 from main import parse_options  # noqa: E402
-from models.checkpoints import save_checkpoint  # noqa: E402
+from models.checkpoints import checkpoint_data, write_checkpoint  # noqa: E402
 from models.factory import build_renderer  # noqa: E402
+from models.render_views import render_chunk_size  # noqa: E402
 from propagation.run import propagate  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
 
@@ -102,7 +103,7 @@ def run_one(kind, flags, scene, device, args, precision="fp32"):
         opts = options_for(tmp, kind, flags, args.n_samples, args.n_importance, args.agg_steps)
         torch.manual_seed(0)
         renderer = build_renderer(opts.model, device, PRECISIONS[precision])
-        save_checkpoint(opts.ckpt_path, 0, renderer)          # random weights
+        write_checkpoint(opts.ckpt_path, checkpoint_data(0, renderer))     # random weights
         renderer.eval()
         sync(device)
         t0 = time.perf_counter()
@@ -123,14 +124,13 @@ def profile_view(args, device):
     precisions, and the top CUDA kernels of the render."""
     from models.rays import image_rays
     from propagation.responses import perturbation_matrices, render_chunks, responses_2d, responses_3d
-    from propagation.responses import propagation_chunk
     with tempfile.TemporaryDirectory() as tmp:
         opts = options_for(tmp, "2d", SPARSE, args.n_samples, args.n_importance, 10)
     torch.manual_seed(0)
     renderer = build_renderer(opts.model, device, opts.precision).eval()
     sc = random_scene(4, args.height, args.width, 10)
     rays = [image_rays(p.to(device), args.height, args.width, sc.intrinsics, 0.1, 10.0) for p in sc.test.poses]
-    chunk = propagation_chunk(renderer)
+    chunk = render_chunk_size(renderer)
     gen = torch.Generator().manual_seed(0)
     M = perturbation_matrices(torch.randn(10, 3, 128, generator=gen, dtype=torch.float64) * 1e-2, 0.1,
                               device=device)

@@ -63,9 +63,9 @@ def main():
         time_render(r, rays, reps=1)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     try:
-        set_engine(False, False, False)
-        r.coarse.forward = torch.compile(r.coarse.forward, dynamic=True)
-        r.fine.forward = torch.compile(r.fine.forward, dynamic=True)
+        r = base.with_engine(Engine(fused=False, pad_k=False, compose_head=False))
+        r.coarse.field = torch.compile(r.coarse.field, dynamic=True)
+        r.fine.field = torch.compile(r.fine.field, dynamic=True)
         t0 = time.perf_counter()
         time_render(r, rays, reps=1)
         warm = time.perf_counter() - t0

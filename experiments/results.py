@@ -59,7 +59,7 @@ def _mean(values):
 
 
 def collect_results(plan):
-    """The results dict (module doc) of the finished stages of `plan` (experiments.reproduce.Plan)."""
+    """The results dict (module doc) of the finished stages of `plan` (experiments.plan.Plan)."""
     scenes = [s.name for s in plan.scenes]
     regimes = [r.name for r in plan.regimes]
     values, fractions, missing = {}, {}, []

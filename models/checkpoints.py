@@ -32,11 +32,6 @@ def checkpoint_path(save_dir, step):
     return os.path.join(save_dir, "checkpoints", f"{step:06d}.ckpt")
 
 
-def save_checkpoint(path, step, renderer, optimizer=None, extra=None, entries=None):
-    """Write the checkpoint (`checkpoint_data`) with `write_checkpoint`."""
-    return write_checkpoint(path, checkpoint_data(step, renderer, optimizer, extra, entries))
-
-
 def checkpoint_data(step, renderer, optimizer=None, extra=None, entries=None):
     """The checkpoint dict (its tensors are the live ones: copy them before the next step if the
     write is deferred). entries: further top-level keys, e.g. {SEMANTIC_KEY: the heads' state} of a
@@ -170,6 +165,15 @@ def apply_checkpoint(path, data, renderer, optimizer=None):
         except (ValueError, KeyError) as exc:
             raise InputError(f"--resume: the optimizer state in {path} does not match this run's "
                              f"parameters ({exc}); --fix_density must match the run that wrote it") from exc
+
+
+def restore_checkpoint(path, renderer, optimizer=None):
+    """Read the checkpoint at `path` onto the renderer's device and load its weights into
+    `renderer` (with `optimizer`, also the optimizer state: a resumed run); one InputError naming
+    the file on any problem. Returns the checkpoint dict (`global_step`, `jnerf_state`, heads)."""
+    data = load_checkpoint(path, map_location=renderer.device)
+    apply_checkpoint(path, data, renderer, optimizer)
+    return data
 
 
 def latest_checkpoint(save_dir):

@@ -7,8 +7,6 @@ as [..., 11] = [o(3), d(3), near, far, viewdir(3)] with viewdir = d / |d|.
 """
 import torch
 
-RAY_DIM = 11
-
 
 def camera_directions(v, u, intr, convention="opencv"):
     """Camera-frame directions [..., 3] of pixels (v, u) (float tensors)."""

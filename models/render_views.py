@@ -10,6 +10,14 @@ from utils.colormaps import depth_to_rgb
 from utils.image_io import to8b, write_png, write_video
 
 
+def render_chunk_size(renderer):
+    """Rays per no-gradient render call of whole views (propagation, the Semantic-NeRF readout):
+    about 4M coarse + fine points on CUDA, 128k on the CPU, at least 256 rays."""
+    s = renderer.opts.n_samples + renderer.opts.n_importance
+    points = 1 << 22 if renderer.device.type == "cuda" else 1 << 17
+    return max(256, points // s)
+
+
 def scaled_images(images, factor):
     """GT images [N, H, W, 3] down-scaled like the original (bilinear F.interpolate)."""
     if factor == 1:

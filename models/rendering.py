@@ -266,9 +266,3 @@ class Renderer(nn.Module):
     @property
     def device(self):
         return self.fine.rgb_linear.weight.device
-
-
-def fine_outputs(renderer: Renderer, rays, z_fine):
-    """Re-evaluate the fine network at given depths (used by tests and propagation twins)."""
-    return renderer.run_field(renderer.fine, ray_points(rays, z_fine), unpack_rays(rays)[4])
-

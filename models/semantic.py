@@ -13,7 +13,7 @@ The head is a module of its own, not part of `models.nerf.NeRF`, so a plain chec
 into the NeRF unchanged; its state goes under its own checkpoint key (`semantic_state`). Its
 parameters are nested as Semantic-NeRF's branch (`semantic_linear.0.0` = Linear(W, W/2),
 `semantic_linear.0.1` = ReLU, `semantic_linear.1` = Linear(W/2, C)), so the `semantic_linear.*`
-entries of a network state dict that embeds the branch load into it (`split_semantic_state`).
+entries of a network state dict that embeds the branch load into it.
 
 Two protocols: joint training (trunk and head trained together) and fine-tuning the head on a
 trained plain checkpoint (trunk parameters with requires_grad False; the renderer then runs the
@@ -33,13 +33,11 @@ from torch import nn
 
 from models.engine import Path
 from models.nerf import linear_train
-from models.rays import ray_points
 
 # Weight of the semantic loss against the colour loss: Semantic-NeRF's Replica config value (wgt_sem).
 WGT_SEM = 4e-2
 
 SEMANTIC_KEY = "semantic_state_dict"     # checkpoint key of `semantic_state(...)`
-HEAD_PREFIX = "semantic_linear."
 
 
 class SemanticHead(nn.Module):
@@ -86,11 +84,6 @@ def semantic_logits(net, head, x_enc):
     return head(h.to(head.semantic_linear[1].weight.dtype))
 
 
-def semantic_logits_at(renderer, net, head, rays, z):
-    """Logits [B, S, C] at the samples o + z d of rays [B, 11], depths z [B, S] (e.g. the
-    `FineSamples.z` of `Renderer.render_rays(..., keep_fine=True)`), positions encoded by
-    `renderer.pos_enc`. This evaluates the trunk again at those samples."""
-    return semantic_logits(net, head, renderer.pos_enc(ray_points(rays, z)))
 
 
 def semantic_loss(logits_coarse, logits_fine, labels, ignore=-1):
@@ -136,11 +129,3 @@ def load_semantic_state(state, head_coarse, head_fine):
         raise ValueError(f"semantic state has {state.get('num_classes')} classes, the heads {head_fine.num_classes}")
     head_coarse.load_state_dict(state["coarse"])
     head_fine.load_state_dict(state["fine"])
-
-
-def split_semantic_state(net_state):
-    """Split a network state dict that embeds the semantic branch into (NeRF state, head state):
-    entries `semantic_linear.*` go to the head (same names), the rest to the NeRF."""
-    head = {k: v for k, v in net_state.items() if k.startswith(HEAD_PREFIX)}
-    nerf = {k: v for k, v in net_state.items() if not k.startswith(HEAD_PREFIX)}
-    return nerf, head

@@ -33,11 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.render_views import write_renders
+from models.checkpoints import restore_checkpoint
+from models.render_views import render_chunk_size, write_renders
 from propagation.pixels import pixel_jacobians
-from propagation.responses import head_colour_deltas, perturbation_matrices, perturbed_weight, propagation_chunk, \
-    render_chunks
-from propagation.run import restore_checkpoint
+from propagation.responses import head_colour_deltas, perturbation_matrices, perturbed_weight, render_chunks
 from utils.atomic import write_json_atomic
 from utils.colormaps import depth_to_rgb
 from utils.image_io import to8b, write_png
@@ -83,14 +82,14 @@ def perturb_gradient(opts, scene, renderer, rng):
     """Run the edits of opts.edit (module doc) with the checkpoint opts.ckpt_path; write the
     outputs into opts.save_dir; return the metrics dict."""
     edit, save_dir = opts.edit, opts.save_dir
-    step = restore_checkpoint(opts.ckpt_path, renderer)
+    step = int(restore_checkpoint(opts.ckpt_path, renderer.eval())["global_step"])
     t0 = time.perf_counter()
     dev = renderer.device
     factor = opts.test_viz_factor
     train_cams = scene.cameras(scene.train).scaled(factor)
     test_cams = scene.cameras(scene.test).scaled(factor)
     h, w = train_cams.height, train_cams.width
-    chunk = propagation_chunk(renderer)
+    chunk = render_chunk_size(renderer)
     view, pix = choose_pixels(len(scene.train), h * w, edit.n_pixels, edit.sample_fixed, rng)
     n = len(pix)
     edits_t = [k / 100.0 for k in range(100)] if edit.t_iter else [edit.perturb_t]

@@ -123,20 +123,7 @@ def responses_3d(fine, M, no_abs=False):
     return torch.einsum("bs,bsd->bd", fine.weights, r)
 
 
-def point_responses_3d(fine, M, no_abs=False):
-    """[B, S, D]: the per-sample responses r_id themselves (for tests and inspection)."""
-    r = fine.features @ M.mean(1).T
-    return r if no_abs else r.abs()
-
-
 # ----------------------------------------------------------------------------- whole views
-
-def propagation_chunk(renderer):
-    """Rays per render call: about 4M coarse + fine points on CUDA, 128k on the CPU."""
-    s = renderer.opts.n_samples + renderer.opts.n_importance
-    points = 1 << 22 if renderer.device.type == "cuda" else 1 << 17
-    return max(256, points // s)
-
 
 def render_chunks(renderer, rays, chunk, train=False, generator=None):
     """Yield (start, render dict with 'fine') for consecutive ray chunks, without gradients."""

@@ -12,26 +12,18 @@ import numpy as np
 import torch
 
 from datasets.seed_maps import seed_labels
-from models.checkpoints import apply_checkpoint, load_checkpoint
+from models.checkpoints import restore_checkpoint
+from models.render_views import render_chunk_size
 from propagation.aggregator import train_aggregator
 from propagation.directions import RuleInputs, choose_directions, gradient_pixel_images
-from propagation.outputs import class_names, finish_metrics, seed_class_confusion, summary_line, \
-    valid_colour_map, write_view_outputs
 from propagation.pixels import all_rays, labelled_pixels, pixel_jacobians
-from propagation.responses import cumulative_mixers, mixing_matrix, perturbation_matrices, propagation_chunk, \
-    view_responses
-from propagation.testviews import TestPlan, propagate_views, scaled_labels
+from propagation.responses import cumulative_mixers, mixing_matrix, perturbation_matrices, view_responses
+from propagation.testviews import TestPlan, propagate_views
 from utils.image_io import write_png
+from utils.label_outputs import class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line, \
+    valid_colour_map, write_view_outputs
 
 MAX_SPATIAL_POINTS = 2048
-
-
-def restore_checkpoint(path, renderer):
-    """Load the checkpoint at `path` into `renderer` (evaluation mode); returns its step."""
-    data = load_checkpoint(path, map_location=renderer.device)
-    apply_checkpoint(path, data, renderer)
-    renderer.eval()
-    return int(data["global_step"])
 
 
 def aggregator_targets(labels, label_ids, num_classes):
@@ -48,12 +40,12 @@ def propagate(opts, scene, renderer, rng):
     label maps and metrics into opts.save_dir; return the metrics dict."""
     p = opts.propagation
     kind, save_dir = p.kind, opts.save_dir
-    step = restore_checkpoint(opts.ckpt_path, renderer)
+    step = int(restore_checkpoint(opts.ckpt_path, renderer.eval())["global_step"])
     t_start = time.perf_counter()
     timings = {}
     dev = renderer.device
     dtype = renderer.fine.rgb_linear.weight.dtype
-    chunk = propagation_chunk(renderer)
+    chunk = render_chunk_size(renderer)
     num_classes = (len(scene.instance_classes) if p.instance else scene.num_classes) - 1
 
     seeds, frames, sem_train = seed_labels(opts.seeds, scene, rng)

@@ -14,7 +14,6 @@ from tqdm import tqdm
 from propagation.aggregator import aggregate
 from propagation.postprocess import labels_2d, labels_3d, normalise_per_image, spatial_weights
 from propagation.responses import rerender_responses_2d, view_responses
-from utils.label_outputs import scaled_labels  # noqa: F401  (propagation.run imports it from here)
 
 
 @dataclass

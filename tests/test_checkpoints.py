@@ -6,7 +6,8 @@ import torch
 
 from datasets.registry import load_scene
 from main import parse_options
-from models.checkpoints import apply_checkpoint, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoints import apply_checkpoint, checkpoint_data, checkpoint_path, latest_checkpoint, load_checkpoint, \
+    restore_checkpoint, write_checkpoint
 from models.factory import build_renderer
 from tests.cli_helpers import write_config
 from tests.tiny_scene import write_tiny_replica
@@ -59,7 +60,7 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     opts = full_options(str(tmp_path))
     r = build_renderer(opts.model, torch.device("cpu"))
     opt = build_optimizer([nerf_parameters(r)], 5e-4)
-    apply_checkpoint(path, load_checkpoint(path), r, opt)
+    assert restore_checkpoint(path, r, opt)["global_step"] == 7
     for k, v in data["network_fine_state_dict"].items():
         assert torch.equal(r.fine.state_dict()[k], v)
     # the optimizer's i-th parameter is the original's i-th parameter (coarse then fine)
@@ -69,7 +70,7 @@ def test_original_checkpoint_loads_here_and_ours_has_its_layout(tmp_path):
     assert opt.param_groups[0]["lr"] == 4e-4
     # and ours, saved, has exactly the original's keys, names and shapes
     ours = str(tmp_path / "ours.ckpt")
-    save_checkpoint(ours, 7, r, opt)
+    write_checkpoint(ours, checkpoint_data(7, r, opt))
     back = torch.load(ours, weights_only=True)
     assert set(back) >= {"global_step", "network_coarse_state_dict", "network_fine_state_dict", "optimizer_state_dict"}
     layout = dict(original_layout())
@@ -97,11 +98,26 @@ def test_wrong_architecture_and_non_checkpoints_are_refused(tmp_path):
         load_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
+def test_restore_without_an_optimizer_loads_the_weights_only(tmp_path):
+    opts = full_options(str(tmp_path))
+    src, dst = (build_renderer(opts.model, torch.device("cpu")) for _ in range(2))
+    with torch.no_grad():
+        src.fine.rgb_linear.weight.fill_(0.25)
+    path = write_checkpoint(str(tmp_path / "a.ckpt"), checkpoint_data(3, src))
+    data = restore_checkpoint(path, dst)
+    assert data["global_step"] == 3 and data["optimizer_state_dict"] == {}
+    for a, b in ((src.coarse, dst.coarse), (src.fine, dst.fine)):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+    with pytest.raises(InputError, match="holds no optimizer state"):
+        restore_checkpoint(path, dst, build_optimizer(dst, 5e-4))
+
+
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     opts = full_options(str(tmp_path))
     r = build_renderer(opts.model, torch.device("cpu"))
     path = str(tmp_path / "latest.ckpt")
-    save_checkpoint(path, 1, r)
+    write_checkpoint(path, checkpoint_data(1, r))
     before = open(path, "rb").read()
 
     def boom(obj, f, *a, **k):
@@ -110,7 +126,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        save_checkpoint(path, 2, r)
+        write_checkpoint(path, checkpoint_data(2, r))
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["latest.ckpt"]
 
@@ -119,7 +135,7 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
     assert latest_checkpoint(str(tmp_path)) is None
     r = build_renderer(full_options(str(tmp_path)).model, torch.device("cpu"))
     for step in (9, 120, 30):
-        save_checkpoint(checkpoint_path(str(tmp_path), step), step, r)
+        write_checkpoint(checkpoint_path(str(tmp_path), step), checkpoint_data(step, r))
     (tmp_path / "checkpoints" / "notes.ckpt").write_bytes(b"")
     assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoints" / "000120.ckpt")
 

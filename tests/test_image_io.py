@@ -94,3 +94,30 @@ def test_video_written_or_skipped_with_one_warning(tmp_path, monkeypatch, capsys
 def test_to8b_maps_nan_to_zero_and_clips():
     x = np.array([np.nan, -0.5, 0.0, 0.5, 1.0, 2.0, np.inf])
     assert to8b(x).tolist() == [0, 0, 0, 127, 255, 255, 255]
+
+
+@pytest.mark.parametrize("height,width", [(30, 40), (31, 41)])
+def test_video_keeps_the_frame_size_without_imageio_warnings(tmp_path, capfd, caplog, height, width):
+    """No rescale to a multiple of 16 (imageio's default, a warning per file): the video has the
+    frames' size, an odd side padded by one repeated row / column."""
+    import imageio.v2 as imageio
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (3, 3))
+    frames = [np.broadcast_to(c.astype(np.uint8), (height, width, 3)).copy() for c in colours]
+    frames[0][:, width // 2:] = 255                          # its right half white: the pad repeats white
+    path = str(tmp_path / "v.mp4")
+    assert write_video(path, frames, fps=5)
+    out = capfd.readouterr()
+    assert "WARNING" not in out.err + out.out and "macro_block" not in caplog.text
+    reader = imageio.get_reader(path)
+    back = [reader.get_data(i) for i in range(3)]
+    reader.close()
+    even = (height + height % 2, width + width % 2)
+    assert all(f.shape == (*even, 3) for f in back)
+    for f, c in zip(back[1:], colours[1:]):                  # flat frames come back flat (lossy codec)
+        assert np.abs(f.astype(int) - c).max() <= 4
+    assert np.abs(back[0][:, -2:].astype(int) - 255).max() <= 4
+    assert np.abs(back[0][:, :width // 2 - 2].astype(int) - colours[0]).max() <= 4
+    assert image_io.video_frame(frames[0]).shape == (*even, 3)
+    assert np.array_equal(image_io.video_frame(frames[0])[:height, :width], frames[0])
+    assert np.array_equal(image_io.video_frame(frames[0])[:, -1], image_io.video_frame(frames[0])[:, even[1] - 1])

@@ -82,6 +82,14 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_reference_twins_are_for_tests_only():
+    """The slow twins in `<package>/_reference.py` are test and bench code: no module of the
+    package imports one (a _reference module may build on another)."""
+    bad = [f"{mod} imports {dep}" for mod, deps in graph().items() if not mod.endswith("._reference")
+           for dep in deps if dep.endswith("._reference")]
+    assert not bad, "package code using a test-only reference:\n" + "\n".join(sorted(bad))
+
+
 def test_the_checker_sees_a_violation(tmp_path):
     """The parser finds imports in every form (top level, inside functions, `from x import y`)."""
     mods = {"training.a": "", "propagation.b": "", "propagation": ""}

@@ -1,5 +1,5 @@
 """2D post-processing, label decisions, scoring and the small pieces of propagation, against
-hand-worked values and independent references (OpenCV, utils.metrics)."""
+hand-worked values and independent references (OpenCV, utils/_reference.py)."""
 import cv2
 import numpy as np
 import pytest
@@ -9,12 +9,12 @@ from scipy.special import softmax
 from propagation.aggregator import ResponseAggregator, train_aggregator
 from propagation.compare import compare_runs
 from propagation.directions import DIRECTION_RULES, RuleInputs, choose_directions, closest_members, cosine_kmeans
-from propagation.outputs import seed_class_confusion
 from propagation.pixels import labelled_pixels, pixel_jacobians
 from propagation.postprocess import gaussian_blur3, labels_2d, labels_3d, postprocess_2d, spatial_weights
 from propagation.selection import batched_miou
 from tests.tiny_models import tiny_camera, tiny_renderer
-from utils.metrics import segmentation_metrics
+from utils._reference import segmentation_metrics
+from utils.label_outputs import seed_class_confusion
 from utils.options import PropagationOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,8 +108,8 @@ def test_batched_miou_equals_the_metric():
 
 
 def test_seed_class_confusion_equals_the_one_shot_metric():
-    """The per-view accumulation of propagation (GT of non-seeded classes ignored) equals
-    utils.metrics on all views at once with those classes ignored."""
+    """The per-view accumulation of propagation (GT of non-seeded classes ignored) equals the
+    pixel-by-pixel reference (utils/_reference.py) on all views at once, those classes ignored."""
     gen = torch.Generator().manual_seed(2)
     given = np.array([0, 1, 3])
     dev = seed_class_confusion(5, given, torch.device("cpu"))

@@ -5,10 +5,12 @@ import copy
 import pytest
 import torch
 
-from models.rendering import composite_weights, fine_outputs
+from models._reference import fine_samples_at
+from models.rendering import composite_weights
+from propagation._reference import point_responses_3d
 from propagation.pixels import pixel_jacobians
 from propagation.responses import Directions, cumulative_mixers, mixing_matrix, perturbation_matrices, \
-    perturbed_weight, point_responses_3d, rerender_responses_2d, view_responses
+    perturbed_weight, rerender_responses_2d, view_responses
 from tests.tiny_models import tiny_camera, tiny_renderer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,7 +95,7 @@ def test_one_pass_3d_equals_the_original_perturb_and_rerun(setup, no_abs):
         dir_norm = torch.linalg.norm(rays[:, 3:6], dim=-1, keepdim=True)
         ref_q, ref_r = [], []
         for d in deltas:
-            raw = fine_outputs(perturbed_copy(renderer, d), rays, fine.z)
+            raw = fine_samples_at(perturbed_copy(renderer, d), rays, fine.z)
             diff = (raw.rgb_logits - fine.rgb_logits).mean(-1)
             r = diff if no_abs else diff.abs()
             weights = composite_weights(raw.sigma_raw, fine.z, dir_norm)      # the perturbed net's densities

@@ -1,11 +1,13 @@
 """Rays, samplers and volume rendering against hand-worked values."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from models.cameras import Cameras, Intrinsics
 from models.rays import camera_directions, image_rays, rays_from_pixels, unpack_rays
+from models.render_views import render_chunk_size
 from models.rendering import composite, composite_weights
 from models.samplers import sample_pdf, stratified_z
 
@@ -135,3 +137,12 @@ def test_sample_pdf_hand_example():
     assert s[0, 1].item() == pytest.approx(1.0 + (0.5 - p0) / (1 - p0), rel=1e-12)
     assert s[0, 2].item() == pytest.approx(2.0)
     assert not s.requires_grad
+
+
+@pytest.mark.parametrize("device,samples,rays", [("cpu", (16, 16), 4096), ("cuda", (64, 128), 21845),
+                                                 ("cpu", (512, 512), 256)])
+def test_render_chunk_size_by_hand(device, samples, rays):
+    """2^17 coarse + fine points a call on the CPU, 2^22 on CUDA, never under 256 rays."""
+    r = SimpleNamespace(opts=SimpleNamespace(n_samples=samples[0], n_importance=samples[1]),
+                        device=torch.device(device))
+    assert render_chunk_size(r) == rays

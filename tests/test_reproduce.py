@@ -1,7 +1,7 @@
-"""The reproduction runner (experiments/reproduce.py): the YAML, the shares of torchrun ranks and
-SLURM array tasks, the tables and the plot; at tiny size end to end: every cell of the table
-filled, a second call does no work, an interrupted stage is redone alone, and two torchrun ranks
-on the CPU write the same results.json as one process."""
+"""The reproduction runner (experiments/reproduce.py with plan.py, stages.py, launch.py): the YAML,
+the shares of torchrun ranks and SLURM array tasks, the tables and the plot; at tiny size end to
+end: every cell of the table filled, a second call does no work, an interrupted stage is redone
+alone, and two torchrun ranks on the CPU write the same results.json as one process."""
 import json
 import os
 import shutil
@@ -14,7 +14,10 @@ import pytest
 import yaml
 
 from experiments import reproduce
+from experiments.launch import my_scenes, shard
+from experiments.plan import load_plan
 from experiments.results import plot_miou, results_markdown
+from experiments.stages import MARKER, identity, scene_stages, stage_done
 from utils.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,17 +65,17 @@ def test_yaml_errors_name_the_key(tmp_path):
            (dict(regimes=[dict(name="a"), dict(name="A")]), "same name")]
     for change, message in bad:
         with pytest.raises(InputError, match=message):
-            reproduce.load_plan(write_yaml(tmp_path / "x.yaml", **change))
+            load_plan(write_yaml(tmp_path / "x.yaml", **change))
     with pytest.raises(InputError, match="does not exist"):
-        reproduce.load_plan(str(tmp_path / "missing.yaml"))
-    plan = reproduce.load_plan(os.path.join(ROOT, "experiments", "demo.yaml"))
+        load_plan(str(tmp_path / "missing.yaml"))
+    plan = load_plan(os.path.join(ROOT, "experiments", "demo.yaml"))
     assert [s.name for s in plan.scenes] == ["living room", "bedroom"] and plan.out_dir == "runs/reproduce_demo"
     assert plan.methods == ["plain", "jnerf", "semantic_joint", "semantic_finetune"]
 
 
 def test_stage_commands_share_one_seed_folder_and_the_plain_checkpoint(tmp_path):
-    plan = reproduce.load_plan(write_yaml(tmp_path / "t.yaml"), out_dir=str(tmp_path / "out"))
-    stages = reproduce.scene_stages(plan, plan.scenes[0], "cfg.yaml")
+    plan = load_plan(write_yaml(tmp_path / "t.yaml"), out_dir=str(tmp_path / "out"))
+    stages = scene_stages(plan, plan.scenes[0], "cfg.yaml")
     # plain + jnerf, then per space x regime: 2 methods x 2 dims propagation + 2 semantic runs
     assert len(stages) == 2 + 2 * 2 * (4 + 2)
     plain_ckpt = os.path.join(str(tmp_path / "out"), "living_room", "plain", "checkpoints", "000030.ckpt")
@@ -84,10 +87,10 @@ def test_stage_commands_share_one_seed_folder_and_the_plain_checkpoint(tmp_path)
 
 
 def test_a_changed_stage_reruns_what_reads_its_checkpoint_and_nothing_else(tmp_path):
-    plan = reproduce.load_plan(write_yaml(tmp_path / "t.yaml"), out_dir=str(tmp_path / "out"))
+    plan = load_plan(write_yaml(tmp_path / "t.yaml"), out_dir=str(tmp_path / "out"))
     config = tmp_path / "cfg.yaml"
     config.write_text("a: 1\n")
-    stages = reproduce.scene_stages(plan, plan.scenes[0], str(config))
+    stages = scene_stages(plan, plan.scenes[0], str(config))
     plain = stages[0]
     prop = next(s for s in stages if s.kind == "propagate" and s.save_dir.endswith("propagate_2d_plain"))
     ft = next(s for s in stages if s.kind == "semantic_finetune")
@@ -96,21 +99,21 @@ def test_a_changed_stage_reruns_what_reads_its_checkpoint_and_nothing_else(tmp_p
         for path in st.outputs:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "w").close()
-        with open(os.path.join(st.save_dir, reproduce.MARKER), "w") as f:
-            json.dump(reproduce.identity(st), f)
-    assert all(reproduce.stage_done(st) for st in (plain, prop, ft, joint))
+        with open(os.path.join(st.save_dir, MARKER), "w") as f:
+            json.dump(identity(st), f)
+    assert all(stage_done(st) for st in (plain, prop, ft, joint))
     # the plain NeRF ran again with other steps: what reads its checkpoint is no longer done
-    marker = os.path.join(plain.save_dir, reproduce.MARKER)
+    marker = os.path.join(plain.save_dir, MARKER)
     with open(marker) as f:
         m = json.load(f)
     m["argv"] = m["argv"] + ["--N_rays", "64"]
     with open(marker, "w") as f:
         json.dump(m, f)
-    assert not reproduce.stage_done(ft) and not reproduce.stage_done(prop)
-    assert reproduce.stage_done(joint)              # trained from scratch: untouched
+    assert not stage_done(ft) and not stage_done(prop)
+    assert stage_done(joint)              # trained from scratch: untouched
     # a changed scene config reruns everything
     config.write_text("a: 2\n")
-    assert not reproduce.stage_done(joint)
+    assert not stage_done(joint)
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -125,10 +128,10 @@ def test_each_process_takes_whole_scenes(monkeypatch, env, expected):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    index, count, _, _ = reproduce.shard()
-    assert [reproduce.my_scenes(list("abcde"), index, count)] == expected
+    index, count, _, _ = shard()
+    assert [my_scenes(list("abcde"), index, count)] == expected
     # every scene goes to exactly one process
-    taken = sorted(x for i in range(count) for x in reproduce.my_scenes(list("abcde"), i, count))
+    taken = sorted(x for i in range(count) for x in my_scenes(list("abcde"), i, count))
     assert taken == list("abcde")
 
 
@@ -208,7 +211,7 @@ def test_an_interrupted_stage_is_redone_alone(one_process, tmp_path):
     prop = out / "bedroom" / "instance" / "dense" / "propagate_3d_jnerf"
     sem = out / "living_room" / "semantic" / "1_click" / "semantic_finetune"
     for d in (prop, sem):
-        os.remove(d / reproduce.MARKER)
+        os.remove(d / MARKER)
     # a changed config reruns nothing else: the stage commands and configs are unchanged
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -220,9 +223,9 @@ def test_an_interrupted_stage_is_redone_alone(one_process, tmp_path):
     assert ran == {"bedroom: instance, dense: JacobiNeRF, 3D propagation",
                    "living room: semantic, 1 click: Semantic-NeRF (fine-tune)"}
     # the training stage continued from its own checkpoint (--resume), the propagation started over
-    marker = json.loads((sem / reproduce.MARKER).read_text())
+    marker = json.loads((sem / MARKER).read_text())
     assert "--resume" in marker["command"] and "--ckpt_path" not in marker["command"]
-    assert "--overwrite" in json.loads((prop / reproduce.MARKER).read_text())["command"]
+    assert "--overwrite" in json.loads((prop / MARKER).read_text())["command"]
     a = json.loads((out / "results.json").read_text())
     b = json.loads((root / "one" / "results.json").read_text())
     assert a["values"]["instance"]["3d"]["bedroom"]["JacobiNeRF"] == b["values"]["instance"]["3d"]["bedroom"]["JacobiNeRF"]

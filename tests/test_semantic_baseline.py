@@ -8,10 +8,10 @@ import torch
 
 from models.encoding import PositionalEncoding
 from models.nerf import NeRF
+from models._reference import point_logits_at, split_semantic_state
 from models.rendering import Renderer, RenderOptions, render_logits
-from models.semantic import (WGT_SEM, SemanticHead, load_semantic_state, predict_labels,
-                             semantic_logits, semantic_logits_at, semantic_loss, semantic_state,
-                             split_semantic_state)
+from models.semantic import (WGT_SEM, SemanticHead, load_semantic_state, predict_labels, semantic_logits,
+                             semantic_loss, semantic_state)
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +169,7 @@ def test_renderer_samples_feed_the_head():
     rays = torch.cat((o, d, torch.full((5, 1), 0.1), torch.full((5, 1), 4.0), d), -1)
     out = r.render_rays(rays, train=False, keep_fine=True)
     fine = out["fine"]
-    s = semantic_logits_at(r, r.fine, head, rays, fine.z)
+    s = point_logits_at(r, r.fine, head, rays, fine.z)
     assert s.shape == (5, 16, 4)
     pts = o[:, None] + d[:, None] * fine.z[..., None]
     assert torch.allclose(s, head(r.fine.trunk(pos(pts))), atol=1e-6)

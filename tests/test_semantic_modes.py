@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import main as jnerf_main
-from models.checkpoints import load_checkpoint, load_semantic_heads, save_checkpoint
+from models.checkpoints import checkpoint_data, load_checkpoint, load_semantic_heads, write_checkpoint
+from models._reference import point_logits_at
 from models.rendering import render_logits
-from models.semantic import SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, semantic_logits_at, semantic_state
+from models.semantic import SEMANTIC_KEY, WGT_SEM, SemanticHead, point_vote_labels, semantic_state
 from tests.cli_helpers import write_config
 from tests.tiny_models import tiny_renderer
 from utils.errors import InputError
@@ -44,7 +45,7 @@ def test_semantic_render_is_the_plain_render_plus_rendered_logits():
     for key in ("rgb", "rgb_coarse", "depth", "acc"):
         assert torch.allclose(out[key], ref[key], atol=1e-10), key
     assert torch.allclose(out["weights"], ref["fine"].weights, atol=1e-10)
-    s = semantic_logits_at(r, r.fine, heads[1], rays, ref["fine"].z)
+    s = point_logits_at(r, r.fine, heads[1], rays, ref["fine"].z)
     assert torch.allclose(out["point_logits"], s, atol=1e-10)
     assert torch.allclose(out["logits"], render_logits(ref["fine"].weights, s), atol=1e-10)
     # training mode: the same random draws give the same colour as the plain renderer
@@ -89,7 +90,8 @@ def test_frozen_nerf_gets_no_gradient_and_joint_reaches_the_trunk():
 def test_checkpoint_keeps_the_heads_under_their_own_key(tmp_path):
     r = tiny_renderer().float()
     heads = (SemanticHead(16, 4), SemanticHead(16, 4))
-    path = save_checkpoint(str(tmp_path / "000001.ckpt"), 1, r, entries={SEMANTIC_KEY: semantic_state(*heads)})
+    path = write_checkpoint(str(tmp_path / "000001.ckpt"),
+                            checkpoint_data(1, r, entries={SEMANTIC_KEY: semantic_state(*heads)}))
     data = load_checkpoint(path)
     assert set(data[SEMANTIC_KEY]) >= {"coarse", "fine", "num_classes"}
     fresh = (SemanticHead(16, 4), SemanticHead(16, 4))
@@ -98,7 +100,7 @@ def test_checkpoint_keeps_the_heads_under_their_own_key(tmp_path):
     assert torch.equal(fresh[1](x), heads[1](x))
     with pytest.raises(InputError, match="do not match"):
         load_semantic_heads(path, data, SemanticHead(16, 5), SemanticHead(16, 5))
-    plain = load_checkpoint(save_checkpoint(str(tmp_path / "000002.ckpt"), 2, r))
+    plain = load_checkpoint(write_checkpoint(str(tmp_path / "000002.ckpt"), checkpoint_data(2, r)))
     with pytest.raises(InputError, match="no Semantic-NeRF heads"):
         load_semantic_heads("p.ckpt", plain, *fresh)
     assert not load_semantic_heads("p.ckpt", plain, *fresh, required=False)

@@ -6,7 +6,7 @@ import torch
 
 import main as jnerf_main
 from models.cameras import Cameras, Intrinsics
-from models.checkpoints import save_checkpoint
+from models.checkpoints import checkpoint_data, write_checkpoint
 from models.encoding import PositionalEncoding
 from models.factory import build_renderer
 from models.nerf import NeRF
@@ -47,4 +47,4 @@ def write_tiny_checkpoint(config, path, seed=0, extra=()):
     with torch.no_grad():
         renderer.fine.alpha_linear.bias.fill_(0.5)
         renderer.coarse.alpha_linear.bias.fill_(0.5)
-    return save_checkpoint(path, 1, renderer)
+    return write_checkpoint(path, checkpoint_data(1, renderer))

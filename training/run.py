@@ -28,7 +28,7 @@ import sys
 import time
 
 from datasets.seeds import frame_advice
-from models.checkpoints import apply_checkpoint, checkpoint_steps, load_checkpoint
+from models.checkpoints import checkpoint_steps, restore_checkpoint
 from models.render_views import render_views
 from training.objectives import PlainObjective, check_precision
 from training.shaping import ShapingObjective, build_shaper
@@ -126,10 +126,7 @@ def render_only(opts, scene, renderer):
     """Render the test views of the checkpoint opts.ckpt_path at 1/opts.test_viz_factor into
     <save_dir>/test_render/step_<step>/; returns the metrics dict (also written to metrics.json)."""
     path = opts.ckpt_path
-    data = load_checkpoint(path, map_location=renderer.device)
-    apply_checkpoint(path, data, renderer)
-    renderer.eval()
-    step = int(data["global_step"])
+    step = int(restore_checkpoint(path, renderer.eval())["global_step"])
     t0 = time.time()
     out = render_views(renderer, scene.cameras(scene.test), scene.test.rgb,
                        os.path.join(opts.save_dir, "test_render", f"step_{step:06d}"), opts.test_viz_factor)

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from models.render_views import render_chunk_size
 from models.semantic import point_vote_labels, predict_labels
 from utils.label_outputs import (class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line,
                                  valid_colour_map, write_view_outputs)
@@ -27,19 +28,12 @@ from utils.label_outputs import (class_names, finish_metrics, scaled_labels, see
 KINDS = ("2d", "3d")
 
 
-def eval_chunk(renderer):
-    """Rays per evaluation call: about 4M coarse + fine points on CUDA, 128k on the CPU (as propagation)."""
-    s = renderer.opts.n_samples + renderer.opts.n_importance
-    points = 1 << 22 if renderer.device.type == "cuda" else 1 << 17
-    return max(256, points // s)
-
-
 @torch.no_grad()
 def label_views(renderer, heads, cameras, chunk=None):
     """(2D labels, 3D labels): lists of [h, w] int32 maps (on the renderer's device) of every view
     of `cameras` (at the resolution to label)."""
     dev = renderer.device
-    chunk = chunk or eval_chunk(renderer)
+    chunk = chunk or render_chunk_size(renderer)
     num_classes = heads[1].num_classes
     labels = {k: [] for k in KINDS}
     for i in range(len(cameras)):

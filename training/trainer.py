@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoints import (EXTRA_KEY, apply_checkpoint, checkpoint_data, checkpoint_path, load_checkpoint,
-                                named_tensors, non_finite_tensor, prune_checkpoints)
+from models.checkpoints import (EXTRA_KEY, checkpoint_data, checkpoint_path, named_tensors, non_finite_tensor,
+                                prune_checkpoints, restore_checkpoint)
 from models.render_views import render_views
-from training.batching import RayBatcher
 from training.ckpt_writer import CheckpointWriter, host_copy
 from training.graphs import FastStep, fast_step_reason
 from training.loss_scale import LossScaler
@@ -148,8 +147,7 @@ class Trainer:
     def restore(self, ckpt_path, resume):
         """Load weights (and the objective's part); with `resume` also the optimizer, step and
         sampler/random state."""
-        data = load_checkpoint(ckpt_path, map_location=self.device)
-        apply_checkpoint(ckpt_path, data, self.renderer, self.optimizer if resume else None)
+        data = restore_checkpoint(ckpt_path, self.renderer, self.optimizer if resume else None)
         self.objective.restore(ckpt_path, data, resume)
         self.last_good = ckpt_path
         # the checkpoint is mapped to the training device, but RNG states must be CPU ByteTensors

@@ -16,6 +16,10 @@ from utils.errors import InputError
 
 _video_warned = False
 
+# H.264 in yuv420p needs even frame sizes; imageio's default (16) rescales every other size, with
+# a warning per file, so frames are padded to even sizes here and passed through unscaled.
+VIDEO_BLOCK = 2
+
 
 def _as_numpy(x):
     if hasattr(x, "detach"):
@@ -86,25 +90,33 @@ def read_label_png(path):
     return img
 
 
+def video_frame(frame):
+    """[H', W', 3] uint8 of a frame (uint8, uint16: its high byte, or float in [0,1]; [H,W] or
+    [H,W,3]), H' and W' rounded up to a multiple of VIDEO_BLOCK by repeating the last row / column."""
+    f = _png_ready(frame)
+    if f.dtype != np.uint8:
+        f = (f >> 8).astype(np.uint8)       # uint16 -> its high byte
+    if f.ndim == 2:
+        f = np.repeat(f[..., None], 3, axis=2)
+    pad_h, pad_w = -f.shape[0] % VIDEO_BLOCK, -f.shape[1] % VIDEO_BLOCK
+    if pad_h or pad_w:
+        f = np.pad(f, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return f
+
+
 def write_video(path, frames, fps=30):
-    """mp4 of `frames` (uint8, or float in [0,1]; [H,W] or [H,W,3]) with imageio, quality 8 as the
-    original. Returns True when written. A missing ffmpeg backend (or any encoder failure) prints
-    one warning per process and skips the video: a finished run must never die for a video."""
+    """mp4 of `frames` (see `video_frame`) with imageio, quality 8 as the original, at the frames'
+    own size (an odd side gains one repeated row / column). Returns True when written. A missing
+    ffmpeg backend (or any encoder failure) prints one warning per process and skips the video: a
+    finished run must never die for a video."""
     global _video_warned
     frames = list(frames)
     if not frames:
         return False
     try:
-        prepared = []
-        for f in frames:
-            f = _png_ready(f)
-            if f.dtype != np.uint8:
-                f = (f >> 8).astype(np.uint8)       # uint16 -> its high byte
-            if f.ndim == 2:
-                f = np.repeat(f[..., None], 3, axis=2)
-            prepared.append(f)
+        prepared = [video_frame(f) for f in frames]
         with atomic_path(path, ".mp4") as tmp:
-            imageio.mimwrite(tmp, prepared, fps=fps, quality=8)
+            imageio.mimwrite(tmp, prepared, fps=fps, quality=8, macro_block_size=VIDEO_BLOCK)
         return True
     except Exception as exc:  # noqa: BLE001 - see the docstring
         if not _video_warned:

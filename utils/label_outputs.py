@@ -1,7 +1,7 @@
 """What a label-map evaluation writes (label propagation and the Semantic-NeRF baseline alike):
 label PNGs, colourised maps, error maps, a video, metrics; and the shared evaluation pieces
 (the confusion restricted to the seeded classes, class names, colours, down-scaled GT maps).
-Below training/ and propagation/ so both use one definition (`propagation/outputs.py` re-exports).
+Below training/ and propagation/ so both use one definition.
 
 Per test view i (2D into <save_dir>/, 3D into <save_dir>/test_render/, as the original):
 - `<i>_label<sfx>.png`      label ids in the evaluation space (valid classes 0..C'-1), uint8
@@ -20,7 +20,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from utils.atomic import write_json_atomic, write_text_atomic

@@ -1,21 +1,17 @@
 """Segmentation metrics from a confusion matrix, and their JSON / Markdown outputs.
 
 The original builds one sklearn confusion matrix over all test pixels of all test views
-(`calculate_segmentation_metrics`). Here `confusion_counts` is the one implementation of the
-counting: a scatter-add of 0/1 weights in torch, so it runs on the device where the labels are,
-never synchronises with the host, and counts several matrices at once. `confusion_matrix` (numpy
-in, numpy out) and `ConfusionAccumulator` (adds views one at a time, e.g. on the GPU during
-propagation) are built on it. Every number is computed from the confusion matrix alone, so the
-one-shot call and the accumulator agree exactly.
+(`calculate_segmentation_metrics`; its literal one-shot form is utils/_reference.py, for the
+tests). Here `confusion_counts` is the one implementation of the counting: a scatter-add of 0/1
+weights in torch, so it runs on the device where the labels are, never synchronises with the
+host, and counts several matrices at once. `ConfusionAccumulator` (adds views one at a time,
+e.g. on the GPU during propagation) is built on it. Every number is computed from the confusion
+matrix alone, so accumulating view by view equals counting everything at once.
 
 Label space: evaluation labels (void = -1, valid classes 0..C'-1), rows = true, cols = pred.
 """
-import os
-
 import numpy as np
 import torch
-
-from utils.atomic import write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("miou", "miou_validclass", "total_accuracy", "class_average_accuracy",
                "class_average_accuracy_validclass")
@@ -129,25 +125,6 @@ class ConfusionAccumulator:
         return metrics_from_confusion(self.confusion, self.class_mask)
 
 
-def confusion_matrix(true, pred, num_classes, ignore_labels=(-1,), block=1 << 20):
-    """[C, C] int64 numpy counts (rows = true) of label maps of any shape (numpy or torch), added
-    in blocks of `block` pixels so the temporaries stay small. Dropped pixels: as
-    ConfusionAccumulator."""
-    true, pred = _as_tensor(true).reshape(-1), _as_tensor(pred).reshape(-1)
-    if true.shape != pred.shape:
-        raise ValueError(f"true and pred differ in size: {true.numel()} vs {pred.numel()} pixels")
-    acc = ConfusionAccumulator(num_classes, ignore_labels, device=true.device)
-    for s in range(0, true.numel(), block):
-        acc.add(true[s:s + block], pred[s:s + block])
-    return acc.confusion
-
-
-def segmentation_metrics(true, pred, num_classes, ignore_labels=(-1,), class_mask=None):
-    """The original's `calculate_segmentation_metrics`, as a dict (keys in METRIC_KEYS, plus
-    `ious` [C'] with NaN where undefined, `confusion_matrix` [C', C'] and `num_pixels`)."""
-    return metrics_from_confusion(confusion_matrix(true, pred, num_classes, ignore_labels), class_mask)
-
-
 # ----------------------------------------------------------------------------- outputs
 
 def to_jsonable(x):
@@ -192,20 +169,3 @@ def metrics_table_markdown(rows, class_names=None):
             out.append(f"| {label} | " + " | ".join(_fmt(v[c] if c < len(v) else None)
                                                    for v in ious.values()) + " |")
     return "\n".join(out) + "\n"
-
-
-def write_metrics(save_dir, metrics, name="metrics", class_names=None):
-    """Write `<name>.json` (NaN as null) and `<name>.md` into `save_dir`, each atomically.
-
-    `metrics` is one metrics dict (it has 'miou') or a dict whose values include metrics dicts
-    (e.g. {'shaped': {...}, 'plain': {...}, 'mode': ...}): every such entry is a table row."""
-    os.makedirs(save_dir, exist_ok=True)
-    write_json_atomic(os.path.join(save_dir, f"{name}.json"), to_jsonable(metrics))
-    if "miou" in metrics:
-        rows = {name: metrics}
-    else:
-        rows = {k: v for k, v in metrics.items() if isinstance(v, dict) and "miou" in v}
-    if class_names is None:
-        class_names = metrics.get("class_names")
-    write_text_atomic(os.path.join(save_dir, f"{name}.md"), f"# {name}\n\n" + metrics_table_markdown(rows, class_names))
-    return rows
