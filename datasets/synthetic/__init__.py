@@ -7,6 +7,10 @@ behave like DINO key descriptors under cosine similarity. Results on these scene
 they say nothing about how the method performs on real images.
 
     python -m datasets.synthetic --out DIR [--variant 0 --frames 150 --width 80 --height 60 --seed 0 --no_dino]
+    python -m datasets.synthetic --format nerfstudio --out CAPTURE [--gt_out GT] [same options]
+
+The second form writes the room as a transforms.json capture without labels, with the ground
+truth (the Replica layout) in GT, default CAPTURE_ground_truth (`capture.py`).
 
 --variant N picks the room (`variants.py`): 0 (default) the living room below,
 1 a bedroom with a work corner. Bad input (`--out` naming a file, an unknown variant, too small
@@ -57,7 +61,8 @@ from datasets.synthetic.descriptors import descriptor_similarity, grid_shape
 from datasets.synthetic.generate import camera_poses, generate_scene, scene_complete
 from datasets.synthetic.render import edge_pixels, look_at, pixel_directions, render_frame
 from datasets.synthetic.variants import VARIANTS
+from datasets.synthetic.capture import write_capture  # noqa: E402  (after generate, which it uses)
 from datasets.synthetic.cli import main
 
 __all__ = ["generate_scene", "scene_complete", "camera_poses", "render_frame", "look_at", "pixel_directions",
-           "edge_pixels", "grid_shape", "descriptor_similarity", "VARIANTS", "main"]
+           "edge_pixels", "grid_shape", "descriptor_similarity", "VARIANTS", "write_capture", "main"]
