@@ -150,7 +150,7 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
     if dino:
         dino_io.write_meta(os.path.join(out_dir, "dino"), dict(
             model="synthetic", synthetic=True, grid=[rows, cols], dim=DIM, seed=seed,
-            note="SYNTHETIC descriptors from datasets/synthetic.py (label- and colour-driven random "
+            note="SYNTHETIC descriptors from datasets.synthetic (label- and colour-driven random "
                  "vectors with noise), not from a DINO network"))
     n_train = len(range(0, frames, 5))
     stat_pixels = int(np.ceil(3000 / n_train)) if (stats and dino) else 0
@@ -193,7 +193,7 @@ def _summarise(room, variant, results, frames, width, height, seed, dino, ss, gr
     for k in f0_inst:
         per_class.setdefault(names[objs[k].class_id], []).append(k)
     return dict(
-        synthetic=True, note="SYNTHETIC scene and descriptors written by datasets/synthetic.py",
+        synthetic=True, note="SYNTHETIC scene and descriptors written by datasets.synthetic",
         variant=variant, room=room.name,
         frames=frames, width=width, height=height,
         seed=seed, supersample=ss, dino=dino, dino_grid=list(grid) if dino else None,
