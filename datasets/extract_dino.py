@@ -120,7 +120,8 @@ def select_frames(root, ids):
     numbers = sorted(rgb)
     spec = str(ids).strip()
     if spec == "train":
-        chosen = train_numbers if train_numbers is not None else [numbers[i] for i in replica_split_ids(len(numbers))[0]]
+        chosen = (train_numbers if train_numbers is not None
+                  else [numbers[i] for i in replica_split_ids(len(numbers))[0]])
     elif spec == "all":
         chosen = numbers
     else:

@@ -44,7 +44,7 @@ import torch
 
 from datasets.descriptors import FeatureOptions
 from datasets.frames import read_png
-from datasets.nerfstudio_meta import DEFAULT_DEPTH_SCALE, read_capture
+from datasets.nerfstudio_meta import DEFAULT_DEPTH_SCALE, DISTORTION_KEYS, read_capture
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from datasets.sources import FrameSource, resample_to_common
 from utils.errors import InputError
@@ -118,13 +118,12 @@ def common_camera(capture, options):
     """(fx, fy, cx, cy, h, w) every frame is resampled into: the first frame's intrinsics, without
     distortion. `distortion='refuse'` stops on the first frame that would need resampling."""
     first = capture.frames[0]
-    common = (*first.K, first.height, first.width)
     for fr in capture.frames:
         if fr.dist is not None and options.distortion == "refuse":
-            key = ("k1", "k2", "p1", "p2", "k3")[next(i for i, c in enumerate(fr.dist) if c)]
-            raise InputError(f"{capture.json_path}: frame '{fr.file}' has lens distortion ('{key}' = "
-                             f"{fr.dist[('k1', 'k2', 'p1', 'p2', 'k3').index(key)]}) and undistortion is off")
-    return common
+            k = next(i for i, c in enumerate(fr.dist) if c)
+            raise InputError(f"{capture.json_path}: frame '{fr.file}' has lens distortion ('{DISTORTION_KEYS[k]}' = "
+                             f"{fr.dist[k]}) and undistortion is off")
+    return (*first.K, first.height, first.width)
 
 
 def frame_sources(capture, common):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from datasets.clicks import UserLabelOptions, read_clicks, seeds_from_clicks, user_space, with_user_labels
+from datasets.clicks import UserLabelOptions, read_clicks, user_space, with_user_labels
 from datasets.label_space import palette_colour
 from datasets.nerfstudio import NerfstudioOptions, load_nerfstudio
 from datasets.registry import load_scene
@@ -94,7 +94,8 @@ def test_only_some_frames_clicked_and_classes_from_first_use(tmp_path, capture):
     ([dict(frame=0, x=1, y=1, label="mug")], r"click 0 .*unknown class name 'mug' \(known: cup, table\)"),
     ([dict(frame=0, x=1, y=1, label=7)], r"unknown class id 7 \(known ids: 1, 2\)"),
     ([dict(frame=0, x=2, y=2, label="cup"), dict(frame=0, x=3, y=3, label="table")],
-     r"click 1 \(frame=0, x=3.0, y=3.0, label='table'\): conflicts with click 0 \(frame=0, x=2.0.*scene pixel \(u=1, v=1\)"),
+     r"click 1 \(frame=0, x=3.0, y=3.0, label='table'\): conflicts with click 0 \(frame=0, x=2.0"
+     r".*scene pixel \(u=1, v=1\)"),
     ([dict(frame=0, x=2, label="cup")], r"click 0 .*missing 'y'"),
     ([dict(frame=0, x="a", y=1, label="cup")], r"x 'a': expected a pixel coordinate"),
     ([dict(frame=0, x=1, y=1, label="cup", z=3)], r"unknown key\(s\) \['z'\]"),

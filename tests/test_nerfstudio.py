@@ -52,11 +52,12 @@ def test_room_capture_and_replica_layout_give_the_same_rays(room):
     with open(os.path.join(cap, "transforms.json")) as f:
         meta = json.load(f)
     gl = np.array([fr["transform_matrix"] for fr in meta["frames"]])
-    assert np.array_equal(gl[..., :, 1:3], -traj[..., :, 1:3]) and np.array_equal(gl[..., :, [0, 3]], traj[..., :, [0, 3]])
+    assert np.array_equal(gl[..., :, 1:3], -traj[..., :, 1:3])
+    assert np.array_equal(gl[..., :, [0, 3]], traj[..., :, [0, 3]])
     assert torch.equal(b.all_poses, torch.from_numpy(traj.astype(np.float32)))
     # no labels in the capture: not in the file, not on disk, not in the scene
-    assert "semantic_path" not in json.dumps(meta) and sorted(os.listdir(cap)) == [".complete", "depth", "dino", "images",
-                                                                                   "transforms.json"]
+    assert "semantic_path" not in json.dumps(meta)
+    assert sorted(os.listdir(cap)) == [".complete", "depth", "dino", "images", "transforms.json"]
     assert b.train.semantic is None and not b.has_labels and list(b.semantic_classes) == [0]
     assert a.has_labels and [s.name for s in b.frames][:2] == ["frame_00000", "frame_00001"]
     with pytest.raises(InputError, match="no ground-truth label maps"):

@@ -80,13 +80,16 @@ def write_capture(out_dir, gt_dir=None, frames=150, width=80, height=60, seed=0,
     names = [FRAME_NAME.format(i) for i in range(frames)]
     for sub in ("images", "depth") + (("dino",) if dino else ()):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    def copy(sub_in, name_in, sub_out, name_out):
+        shutil.copyfile(os.path.join(gt_dir, sub_in, name_in), os.path.join(out_dir, sub_out, name_out))
+
     for i, name in enumerate(names):
-        shutil.copyfile(os.path.join(gt_dir, "rgb", f"rgb_{i}.png"), os.path.join(out_dir, "images", f"{name}.png"))
-        shutil.copyfile(os.path.join(gt_dir, "depth", f"depth_{i}.png"), os.path.join(out_dir, "depth", f"{name}.png"))
+        copy("rgb", f"rgb_{i}.png", "images", f"{name}.png")
+        copy("depth", f"depth_{i}.png", "depth", f"{name}.png")
         if dino:
-            shutil.copyfile(os.path.join(gt_dir, "dino", f"dino_{i}.pth"), os.path.join(out_dir, "dino", f"dino_{i}.pth"))
+            copy("dino", f"dino_{i}.pth", "dino", f"dino_{i}.pth")
     if dino:
-        shutil.copyfile(os.path.join(gt_dir, "dino", dino_io.META_NAME), os.path.join(out_dir, "dino", dino_io.META_NAME))
+        copy("dino", dino_io.META_NAME, "dino", dino_io.META_NAME)
     write_json_atomic(os.path.join(gt_dir, "capture_frames.json"), dict(
         capture=os.path.abspath(out_dir),
         note="ground truth of the capture, for scoring only: frame file -> Replica-layout frame number",
