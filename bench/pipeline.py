@@ -55,7 +55,7 @@ def write_descriptors(scene_dir, width, height, dim=384, seed=0):
     """Descriptor files for the training frames (every 5th) of a generated room."""
     from datasets import dino_io
     from datasets.frames import read_png
-    from datasets.synthetic_descriptors import grid_shape
+    from datasets.synthetic.descriptors import grid_shape
     rows, cols = grid_shape(height, width)
     rng = np.random.default_rng(seed)
     classes = rng.standard_normal((256, dim)).astype(np.float32)

@@ -4,7 +4,12 @@
         --weights dino_deitsmall8_pretrain.pth            # the 180 training frames
 
 writes `<dataset_dir>/dino/dino_<i>.pth` ([1, 1, rows*cols, 384] float32, the original's
-format) and `dino/descriptor_meta.json` (grid and settings) for `--load_dino`. Defaults are
+format) and `dino/descriptor_meta.json` (grid and settings) for `--load_dino`. A folder holding a
+`transforms.json` (a nerfstudio capture, `--dataset_type nerfstudio`) works too: its frames are
+taken in the loader's order (i = global frame id, datasets/nerfstudio.py `frame_order`), `train`
+is the loader's training split, and frames the loader resamples (lens distortion, other
+intrinsics) are resampled the same way before the network sees them, so the descriptors align
+with the loaded images. Defaults are
 the original pipeline's: shorter side resized to 360 with Lanczos, ImageNet normalisation,
 patch stride 4, key facet of block 11, no binning.
 
@@ -23,14 +28,17 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from datasets import dino_io
-from datasets.frames import list_frames
+from datasets.frames import list_frames, read_png
+from datasets.nerfstudio import frame_order
 from datasets.scene import replica_split_ids
+from datasets.sources import resample_to_common
 from models import vit
 from utils.errors import InputError
 
@@ -86,20 +94,34 @@ def check_settings(args):
         raise InputError(f"--batch_size {args.batch_size}: expected at least 1")
 
 
+def is_capture(root):
+    """A nerfstudio capture: transforms.json and no Replica rgb/ folder."""
+    return os.path.isfile(os.path.join(root, "transforms.json")) and not os.path.isdir(os.path.join(root, "rgb"))
+
+
 def select_frames(root, ids):
-    """[(frame number, rgb path)] chosen by --ids, in numeric order."""
+    """[(frame number, image)] chosen by --ids, in numeric order; the image is the rgb path, or a
+    datasets.sources.FrameSource for a capture."""
     if not os.path.isdir(root):
         raise InputError(f"--dataset_dir {root}: folder does not exist")
-    folder = os.path.join(root, "rgb")
-    rgb = list_frames(folder, "rgb")
-    if rgb is None:
-        raise InputError(f"{folder}: folder missing (expected rgb/rgb_<i>.png frames)")
-    if not rgb:
-        raise InputError(f"{folder}: no rgb_<i>.png frames found")
+    if is_capture(root):
+        sources, train = frame_order(root)
+        rgb, train_numbers = {n: src for n, src in sources}, train
+        folder = os.path.join(root, "transforms.json")
+    else:
+        folder = os.path.join(root, "rgb")
+        rgb = list_frames(folder, "rgb")
+        if rgb is None:
+            raise InputError(f"{folder}: folder missing (expected rgb/rgb_<i>.png frames, or a transforms.json "
+                             "capture)")
+        if not rgb:
+            raise InputError(f"{folder}: no rgb_<i>.png frames found")
+        train_numbers = None
     numbers = sorted(rgb)
     spec = str(ids).strip()
     if spec == "train":
-        chosen = [numbers[i] for i in replica_split_ids(len(numbers))[0]]
+        chosen = (train_numbers if train_numbers is not None
+                  else [numbers[i] for i in replica_split_ids(len(numbers))[0]])
     elif spec == "all":
         chosen = numbers
     else:
@@ -111,6 +133,8 @@ def select_frames(root, ids):
         if not chosen:
             raise InputError(f"--ids {ids!r}: no frame numbers given")
         absent = [n for n in chosen if n not in rgb]
+        if absent and train_numbers is not None:
+            raise InputError(f"--ids: {folder} has no frame {absent[0]} (frame ids run 0..{len(numbers) - 1})")
         if absent:
             raise InputError(f"--ids: no {os.path.join(folder, f'rgb_{absent[0]}.png')} "
                              f"({len(absent)} of the requested frames are missing)")
@@ -136,9 +160,26 @@ def open_rgb(path):
     return img.convert("RGB")
 
 
+def _name(image):
+    return image if isinstance(image, str) else image.path
+
+
+def open_frame(image):
+    """A PIL RGB image of an rgb path, or of a capture frame (a FrameSource) resampled into the
+    common camera exactly as datasets/nerfstudio.py resamples it (before its resize)."""
+    if isinstance(image, str):
+        return open_rgb(image)
+    if not image.resampled:
+        return open_rgb(image.path)
+    a = read_png(image.path, "colour")
+    peak = 65535.0 if a.dtype == np.uint16 else 255.0
+    a = resample_to_common(a.astype(np.float32) / peak, image, cv2.INTER_LINEAR)
+    return Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
+
+
 def load_image(path, load_size):
     """[3, h, w] float32: Lanczos resize (PIL), then /255 and ImageNet normalisation."""
-    img = open_rgb(path)
+    img = open_frame(path)
     size = resized_size(*img.size, load_size)
     if size != img.size:
         img = img.resize(size, Image.Resampling.LANCZOS)
@@ -149,7 +190,9 @@ def load_image(path, load_size):
 
 
 def image_size(path):
-    """(width, height) from the header only."""
+    """(width, height) from the header only (a capture frame: the size after resampling)."""
+    if not isinstance(path, str):
+        return (int(path.target[5]), int(path.target[4]))
     try:
         with Image.open(path) as img:
             return img.size
@@ -219,7 +262,7 @@ def extract(args):
     in_w, in_h = resized_size(w0, h0, args.load_size)
     model = vit.VisionTransformer(stride=args.stride)
     if min(in_h, in_w) < vit.PATCH:
-        raise InputError(f"{frames[0][1]}: {in_w}x{in_h} pixels after --load_size {args.load_size}; "
+        raise InputError(f"{_name(frames[0][1])}: {in_w}x{in_h} pixels after --load_size {args.load_size}; "
                          f"expected at least {vit.PATCH} pixels per side")
     grid = model.grid(in_h, in_w)
     dim = vit.DIM * (17 if args.bin else 1)
@@ -236,8 +279,8 @@ def extract(args):
         return {"frames": 0, "seconds": 0.0}
     for n, p in todo:
         if image_size(p) != (w0, h0):
-            raise InputError(f"{p}: {image_size(p)[0]}x{image_size(p)[1]} pixels, but "
-                             f"{frames[0][1]} is {w0}x{h0}; one descriptor folder holds one grid")
+            raise InputError(f"{_name(p)}: {image_size(p)[0]}x{image_size(p)[1]} pixels, but "
+                             f"{_name(frames[0][1])} is {w0}x{h0}; one descriptor folder holds one grid")
 
     device = select_device(args.device)
     vit.load_dino_weights(model, args.weights)

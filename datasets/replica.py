@@ -11,8 +11,10 @@
 Frames are ordered by the number in their file name; position in that order is the frame id
 (and the row of traj_w_c.txt). Images are resized to the config's width x height (bilinear
 for rgb/depth, nearest for labels); intrinsics follow from the size (hfov 90 degrees).
+Class names come from `scene_info.json` when present (the built-in synthetic rooms).
 """
 import dataclasses
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +25,18 @@ from datasets.descriptors import FeatureOptions
 from datasets.frames import list_frames, read_png, read_poses
 from datasets.scene import (Intrinsics, Scene, Split, label_classes, remap_labels,
                             replica_split_ids, resize_image)
+from datasets.sources import FrameSource
 from utils.errors import InputError
+
+
+def read_class_names(root):
+    """{raw id: name} from `<root>/scene_info.json` ("classes"), or None."""
+    path = os.path.join(root, "scene_info.json")
+    try:
+        with open(path) as f:
+            return {int(k): str(v) for k, v in json.load(f).get("classes", {}).items()} or None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def same_size(path, image, size, reference):
@@ -171,7 +184,19 @@ class ReplicaLoader:
             test=Split(ids=test_ids, rgb=test["rgb"], poses=test["poses"], semantic=test_sem,
                        depth=test["depth"], instance=test_inst),
             semantic_classes=classes, instance_classes=inst_classes,
-            near=self.near, far=self.far)
+            near=self.near, far=self.far, class_names=read_class_names(self.root),
+            frames=self._sources(tables), all_poses=torch.from_numpy(poses))
+
+    def _sources(self, tables):
+        """A FrameSource per frame (all of one size: the first frame read; hfov 90 degrees)."""
+        (h, w), _ = self._size
+        numbers, rgb_t = tables[0], tables[1]
+        out = []
+        for n in numbers:
+            path = self._path(rgb_t, "rgb", "rgb", n)
+            out.append(FrameSource(name=f"rgb_{n}", file=os.path.relpath(path, self.root), path=path, height=h,
+                                   width=w, K=(w / 2.0, w / 2.0, (w - 1) / 2.0, (h - 1) / 2.0)))
+        return out
 
     def _load_features(self, numbers):
         return self.features.load(self.root, numbers, self.hw, self.workers)

@@ -8,9 +8,18 @@ Conventions (the original's):
   occurs, see README "Decisions");
 - `eval_labels` = semantic - 1, so void is -1 (ignored) and valid classes are 0..C-2: the label
   space of propagation outputs and metrics.
+
+A scene without ground-truth labels (a capture: datasets/nerfstudio.py) has `semantic=None` in
+both splits (`has_labels` False) and `semantic_classes == [0]` until user labels (clicks or
+scribbles, datasets/clicks.py `with_user_labels`) give it a label space; then `seeds` holds
+them and `class_names` / `colour_map` come from the clicks file.
+
+`frames` / `all_poses` describe every frame of the capture (training, test and any other), in
+global frame-id order, for the per-frame label export (propagation/export.py) and for mapping
+user clicks from the original images (datasets/sources.py).
 """
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,7 +34,7 @@ class Split:
     ids: List[int]                      # global frame ids (file numbers' positions)
     rgb: torch.Tensor                   # [N, H, W, 3] float32
     poses: torch.Tensor                 # [N, 4, 4] float32 camera-to-world
-    semantic: torch.Tensor              # [N, H, W] int64, 0 = void
+    semantic: Optional[torch.Tensor]    # [N, H, W] int64, 0 = void; None: no ground-truth labels
     depth: Optional[torch.Tensor] = None      # [N, H, W] float32 metres
     instance: Optional[torch.Tensor] = None   # [N, H, W] int64, 0 = void
     features: Optional[object] = None         # datasets.dino_io.DescriptorStore
@@ -50,19 +59,38 @@ class Scene:
     colour_map: Optional[np.ndarray] = None   # [C, 3] uint8, row 0 = void
     extra: dict = field(default_factory=dict)
     convention: str = "opencv"                # camera axes of the poses
+    class_names: Optional[Dict[int, str]] = None   # raw id -> name (clicks file, scene_info.json)
+    frames: Optional[list] = None             # datasets.sources.FrameSource of every frame (global ids)
+    all_poses: Optional[torch.Tensor] = None  # [N_all, 4, 4] camera-to-world of every frame
+    seeds: Optional[object] = None            # datasets.seeds.Seeds given by the user (clicks, scribbles)
 
     def cameras(self, split):
         """The Cameras of a split (`scene.train` or `scene.test`)."""
         return Cameras(split.poses, self.intrinsics, self.height, self.width, self.near, self.far,
                        self.convention)
 
+    def all_cameras(self):
+        """The Cameras of every frame of the capture, in global frame-id order."""
+        if self.all_poses is None:
+            raise InputError(f"{self.root}: this loader does not list every frame of the scene")
+        return Cameras(self.all_poses, self.intrinsics, self.height, self.width, self.near, self.far,
+                       self.convention)
+
     @property
     def num_classes(self):
         return len(self.semantic_classes)
 
+    @property
+    def has_labels(self):
+        """Whether the scene has ground-truth semantic maps (metrics need them)."""
+        return self.train.semantic is not None
+
     def eval_labels(self, split, instance=False):
         """Labels in the evaluation space: void -1, valid classes 0..C-2 (int64 tensor)."""
         data = split.instance if instance else split.semantic
+        if data is None and not instance:
+            raise InputError(f"{self.root}: this scene has no ground-truth label maps (a capture without "
+                             "labels); label it with clicks or scribbles (docs/OWN_SCENE.md)")
         if data is None:
             raise InputError("--test_instance: this dataset has no instance maps (Replica: "
                              "semantic_instance/; ScanNet: instance-filt/)")

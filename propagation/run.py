@@ -16,9 +16,11 @@ from models.checkpoints import restore_checkpoint
 from models.render_views import render_chunk_size
 from propagation.aggregator import train_aggregator
 from propagation.directions import RuleInputs, choose_directions, gradient_pixel_images
+from propagation.export import export_classes, export_labels
 from propagation.pixels import all_rays, labelled_pixels, pixel_jacobians
 from propagation.responses import cumulative_mixers, mixing_matrix, perturbation_matrices, view_responses
 from propagation.testviews import TestPlan, propagate_views
+from utils.errors import InputError
 from utils.image_io import write_png
 from utils.label_outputs import class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line, \
     valid_colour_map, write_view_outputs
@@ -35,11 +37,16 @@ def aggregator_targets(labels, label_ids, num_classes):
     return torch.where(flat >= 0, lut[flat.clamp(min=0, max=num_classes)], torch.full_like(flat, -1))
 
 
-def propagate(opts, scene, renderer, rng):
+def propagate(opts, scene, renderer, rng, export=None):
     """Propagate the seeds to every test view (2D responses, or rendered 3D responses); write the
-    label maps and metrics into opts.save_dir; return the metrics dict."""
+    label maps and metrics into opts.save_dir; return the metrics dict. `export`
+    (propagation.export.ExportOptions) also labels every frame of the capture (--label_all_frames)."""
     p = opts.propagation
     kind, save_dir = p.kind, opts.save_dir
+    if export is not None and p.instance:
+        raise InputError("--label_all_frames writes semantic classes; --test_instance is not supported with it")
+    if export is not None and (scene.frames is None or scene.all_poses is None):
+        raise InputError(f"--label_all_frames: the {scene.root} loader does not list the scene's frames")
     step = int(restore_checkpoint(opts.ckpt_path, renderer.eval())["global_step"])
     t_start = time.perf_counter()
     timings = {}
@@ -93,7 +100,11 @@ def propagate(opts, scene, renderer, rng):
     # ---- test views
     test_cams = scene.cameras(scene.test).scaled(opts.test_viz_factor)
     h, w = test_cams.height, test_cams.width
-    gt = scaled_labels(scene.eval_labels(scene.test, p.instance), opts.test_viz_factor)
+    scored = scene.has_labels or p.instance
+    gt = scaled_labels(scene.eval_labels(scene.test, p.instance), opts.test_viz_factor) if scored else None
+    if not scored:
+        print(f"[propagation] metrics skipped: {scene.root} has no ground-truth labels (labels, overlays and "
+              "confidence maps are still written)", flush=True)
     plan = TestPlan(kind=kind, M=M, mixer=mixing_matrix(owner, num_labels, p.merge_instance, dtype, dev),
                     channel_labels=label_ids_t[owner] if p.merge_instance else label_ids_t,
                     agg_labels=label_ids_t, no_abs=p.no_abs, normalize_2d=p.normalize_2d, noisy_2d=p.noisy,
@@ -101,8 +112,8 @@ def propagate(opts, scene, renderer, rng):
     if p.spatial:
         plan.seed_points = spatial_seed_points(renderer, pixels, owner if p.merge_instance else None, num_labels,
                                                rng, chunk)
-    confusion = seed_class_confusion(num_classes, label_ids, dev)
-    confusion_wo = seed_class_confusion(num_classes, label_ids, dev) if model is not None else None
+    confusion = seed_class_confusion(num_classes, label_ids, dev) if scored else None
+    confusion_wo = seed_class_confusion(num_classes, label_ids, dev) if (model is not None and scored) else None
     res = propagate_views(renderer, test_cams, plan, confusion, confusion_wo, gt)
     timings["test_views"] = res.seconds
 
@@ -110,16 +121,24 @@ def propagate(opts, scene, renderer, rng):
     t0 = time.perf_counter()
     out_dir = save_dir if kind == "2d" else os.path.join(save_dir, "test_render")
     colours = valid_colour_map(scene, p.instance)
-    gt_np = gt.numpy()
+    gt_np = gt.numpy() if gt is not None else None
     labels = torch.stack(res.labels).cpu().numpy()
-    write_view_outputs(out_dir, labels, gt_np, colours, "", write_gt=kind == "3d")
+    write_view_outputs(out_dir, labels, gt_np, colours, "", write_gt=kind == "3d",
+                       confidence=torch.stack(res.confidence).cpu().numpy())
     if res.labels_wo:
         write_view_outputs(out_dir, torch.stack(res.labels_wo).cpu().numpy(), gt_np, colours, "_wo",
                            write_gt=False)
     timings["writing"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 
-    metrics = confusion.metrics()
+    if export is not None:
+        t0 = time.perf_counter()
+        exported = export_labels(renderer, scene.all_cameras(), scene.frames, plan, export_classes(scene), export)
+        timings["label_all_frames"] = time.perf_counter() - t0
+        print(f"[propagation] labels of {exported['frames']} frames ({exported['rendered']} labelled, "
+              f"{exported['resumed']} already complete) in {export.out_dir}", flush=True)
+    metrics = confusion.metrics() if confusion is not None else dict(
+        metrics_skipped="the scene has no ground-truth labels")
     wo = confusion_wo.metrics() if confusion_wo is not None else None
     metrics.update(
         mode=f"propagate_{kind}", checkpoint=opts.ckpt_path, checkpoint_step=step, direction_rule=p.rule,
@@ -134,13 +153,16 @@ def propagate(opts, scene, renderer, rng):
         metrics["adaptive_selection_round_miou"] = selection["round_miou"]
     if agg_info is not None:
         metrics["aggregator"] = agg_info
+    if export is not None:
+        metrics["label_export"] = exported
     title = f"{kind.upper()} propagation"
     table = finish_metrics(save_dir, metrics, wo, names, title)
     print(f"[propagation] {len(scene.test)} test views in {res.seconds:.2f} s "
           f"({res.seconds / max(1, len(scene.test)):.3f} s/view); outputs in {out_dir}")
-    print(f"[propagation] {summary_line(metrics)}" + (f"\n[propagation] without aggregator: {summary_line(wo)}"
-                                                      if wo is not None else ""))
-    print(table, flush=True)
+    if confusion is not None:
+        print(f"[propagation] {summary_line(metrics)}" + (f"\n[propagation] without aggregator: {summary_line(wo)}"
+                                                          if wo is not None else ""))
+        print(table, flush=True)
     return metrics
 
 

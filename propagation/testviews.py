@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from propagation.aggregator import aggregate
-from propagation.postprocess import labels_2d, labels_3d, normalise_per_image, spatial_weights
+from propagation.postprocess import normalise_per_image, postprocess_2d, spatial_weights
 from propagation.responses import rerender_responses_2d, view_responses
 
 
@@ -35,6 +35,7 @@ class TestPlan:
 class TestResult:
     labels: List[torch.Tensor] = field(default_factory=list)     # per view [h, w] int32 (device)
     labels_wo: List[torch.Tensor] = field(default_factory=list)  # plain argmax with an aggregator
+    confidence: List[torch.Tensor] = field(default_factory=list)  # per view [h, w] uint8: 255 x confidence
     seconds: float = 0.0
 
 
@@ -43,56 +44,94 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class ViewResult:
+    labels: torch.Tensor                   # [h, w] int32 evaluation label ids
+    scores: torch.Tensor                   # [K', h, w]: labels = score_labels[argmax over K']
+    score_labels: torch.Tensor             # [K'] evaluation label id of each score channel
+    labels_wo: Optional[torch.Tensor] = None   # plain argmax next to an aggregator
+
+
+def view_scores(renderer, rays, plan, height, width):
+    """Label one view from its rays [h*w, 11]: the responses of every direction from one render
+    pass, then the post-processing of plan.kind (module docstring of propagation/postprocess.py).
+
+    The scores are what the argmax runs over: 2D the post-processed responses (times the spatial
+    weights after a softmax with --spatial), 3D the rendered responses (normalised with
+    --normalize_2d), with an aggregator its softmax (the labels come from its logits)."""
+    want_depth = plan.seed_points is not None
+    if plan.kind == "2d" and plan.noisy_2d:
+        outs, depth = rerender_responses_2d(renderer, rays, plan.M, [plan.mixer], plan.no_abs,
+                                            plan.chunk, True, want_depth=want_depth)
+    else:
+        outs, depth = view_responses(renderer, rays, plan.M, [plan.mixer], plan.kind, plan.no_abs,
+                                     plan.chunk, False, want_depth=want_depth)
+    resp = outs[0].T.reshape(-1, height, width)                   # [K, h, w]
+    wo = None
+    if plan.kind == "3d" and plan.normalize_2d:
+        resp = normalise_per_image(resp)
+    if plan.aggregator is not None:
+        flat = outs[0] if plan.kind == "2d" else resp.reshape(resp.shape[0], -1).T
+        logits = aggregate(plan.aggregator, flat)
+        idx = logits.argmax(-1).reshape(height, width)
+        wo = resp.argmax(0)
+        scores = torch.softmax(logits, -1).T.reshape(-1, height, width)
+        score_labels = plan.agg_labels
+    else:
+        if plan.kind == "2d":
+            scores = postprocess_2d(resp)
+            if want_depth:
+                pts = rays[:, 0:3] + depth[:, None].to(rays.dtype) * rays[:, 3:6]
+                spatial = spatial_weights(pts, plan.seed_points).T.reshape(-1, height, width)
+                scores = torch.softmax(scores, dim=-3) * spatial
+        else:
+            scores = resp
+        idx = scores.argmax(dim=-3)
+        score_labels = plan.channel_labels
+    lab = score_labels[idx].to(torch.int32)
+    return ViewResult(lab, scores, score_labels, None if wo is None else plan.channel_labels[wo].to(torch.int32))
+
+
+def confidence(scores):
+    """[h, w] in [0, 1]: the winning score's relative margin over the runner-up, (s1 - s2) / s1
+    (1: only one label responds; 0: a tie or no response). Scale-free, so 2D post-processed
+    responses, 3D rendered responses and aggregator probabilities read alike."""
+    s = scores.float().clamp(min=0)
+    if s.shape[0] == 1:
+        return (s[0] > 0).float()
+    top = torch.topk(s, 2, dim=0).values
+    return torch.where(top[0] > 0, (top[0] - top[1]) / top[0].clamp(min=1e-30), torch.zeros_like(top[0]))
+
+
+def confidence_uint8(scores):
+    """`confidence` as uint8 0..255 (what the PNGs hold; a quarter of the device memory)."""
+    return torch.round(confidence(scores) * 255).to(torch.uint8)
+
+
 def propagate_views(renderer, cameras, plan, confusion=None, confusion_wo=None, gt=None, progress=True):
     """Label every view of `cameras` (models.cameras.Cameras, at the resolution to label).
 
-    gt: [T, h, w] evaluation labels; `confusion` (and `confusion_wo` for the plain argmax next to
-    an aggregator) accumulate (gt, labels) per view (utils.metrics.ConfusionAccumulator)."""
+    gt: [T, h, w] evaluation labels, or None (a scene without labels: no confusion); `confusion`
+    (and `confusion_wo` for the plain argmax next to an aggregator) accumulate (gt, labels) per view
+    (utils.metrics.ConfusionAccumulator)."""
     dev = renderer.device
     height, width = cameras.height, cameras.width
     res = TestResult()
     _sync(dev)
     t0 = time.perf_counter()
-    want_depth = plan.seed_points is not None
     gt_dev = gt.to(dev) if gt is not None else None
     for i in tqdm(range(len(cameras)), desc=f"propagate {plan.kind.upper()}", leave=False,
                   dynamic_ncols=True, disable=not progress):
         rays = cameras.image_rays(i, dev, torch.float32)
-        if plan.kind == "2d" and plan.noisy_2d:
-            outs, depth = rerender_responses_2d(renderer, rays, plan.M, [plan.mixer], plan.no_abs,
-                                                plan.chunk, True, want_depth=want_depth)
-        else:
-            outs, depth = view_responses(renderer, rays, plan.M, [plan.mixer], plan.kind, plan.no_abs,
-                                         plan.chunk, False, want_depth=want_depth)
-        resp = outs[0].T.reshape(-1, height, width)                   # [K, h, w]
-        wo = None
-        if plan.kind == "2d":
-            if plan.aggregator is not None:
-                idx = aggregate(plan.aggregator, outs[0]).argmax(-1).reshape(height, width)
-                wo = resp.argmax(0)
-            else:
-                spatial = None
-                if want_depth:
-                    pts = rays[:, 0:3] + depth[:, None].to(rays.dtype) * rays[:, 3:6]
-                    spatial = spatial_weights(pts, plan.seed_points).T.reshape(-1, height, width)
-                idx = labels_2d(resp, spatial)
-        else:
-            if plan.normalize_2d:
-                resp = normalise_per_image(resp)
-            if plan.aggregator is not None:
-                flat = resp.reshape(resp.shape[0], -1).T
-                idx = aggregate(plan.aggregator, flat).argmax(-1).reshape(height, width)
-                wo = resp.argmax(0)
-            else:
-                idx = labels_3d(resp)
-        lab = (plan.channel_labels if plan.aggregator is None else plan.agg_labels)[idx].to(torch.int32)
-        res.labels.append(lab)
-        if wo is not None:
-            res.labels_wo.append(plan.channel_labels[wo].to(torch.int32))
-        if confusion is not None:
-            confusion.add(gt_dev[i], lab)
-            if wo is not None and confusion_wo is not None:
-                confusion_wo.add(gt_dev[i], res.labels_wo[-1])
+        view = view_scores(renderer, rays, plan, height, width)
+        res.labels.append(view.labels)
+        res.confidence.append(confidence_uint8(view.scores))
+        if view.labels_wo is not None:
+            res.labels_wo.append(view.labels_wo)
+        if confusion is not None and gt_dev is not None:
+            confusion.add(gt_dev[i], view.labels)
+            if view.labels_wo is not None and confusion_wo is not None:
+                confusion_wo.add(gt_dev[i], view.labels_wo)
     _sync(dev)
     res.seconds = time.perf_counter() - t0
     return res

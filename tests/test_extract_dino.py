@@ -133,3 +133,38 @@ def test_clear_errors(capsys, tmp_path, scene, weights, case):
     rc, _, err = run(capsys, *argv)
     assert rc == 2 and err.startswith("error:") and expect in err
     assert "Traceback" not in err
+
+
+def test_capture_frames_in_loader_order_and_resampled_like_the_loader(capsys, tmp_path, weights):
+    """A transforms.json capture: files named out of numeric order in the JSON, one frame with lens
+    distortion. Descriptor i is the network on the loader's frame i (the resampled image)."""
+    from datasets.nerfstudio import NerfstudioOptions, load_nerfstudio
+    from utils.options import DataOptions
+    root = tmp_path / "capture"
+    os.makedirs(root / "images")
+    rng = np.random.default_rng(1)
+    numbers = [11, 2, 30, 7, 1, 5, 9]                     # loader order: 1 2 5 7 9 11 30
+    frames = []
+    for n in numbers:
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "images" / f"img_{n}.png")
+        fr = dict(file_path=f"images/img_{n}.png", transform_matrix=np.eye(4).tolist())
+        if n == 11:
+            fr.update(k1=0.05, p2=0.001)
+        frames.append(fr)
+    with open(root / "transforms.json", "w") as f:
+        json.dump(dict(camera_model="OPENCV", fl_x=40.0, fl_y=40.0, cx=32.0, cy=24.0, w=W, h=H, frames=frames), f)
+    rc, _, err = run(capsys, "--dataset_dir", root, "--weights", weights, "--load_size", H)
+    assert rc == 0, err
+    assert sorted(os.listdir(root / "dino")) == sorted([dino_io.META_NAME, "dino_0.pth", "dino_5.pth"])
+    scene = load_nerfstudio(DataOptions(dataset_type="nerfstudio", dataset_dir=str(root), width=W, height=H,
+                                        load_dino=True), NerfstudioOptions(near_far=(0.1, 2.0)))
+    assert scene.train.ids == [0, 5] and scene.frames[5].file == "images/img_11.png" and scene.frames[5].resampled
+    model = vit.dino_vits8(weights, stride=4)
+    for k, gid in enumerate(scene.train.ids):
+        # the image the loader made (before any resize: the config size is the image size), as uint8
+        Image.fromarray(np.round(scene.train.rgb[k].numpy() * 255).astype(np.uint8)).save(tmp_path / "seen.png")
+        with torch.no_grad():
+            expect = model.facet(ex.load_image(str(tmp_path / "seen.png"), H)[None], 11, "key")
+        raw = torch.load(root / "dino" / f"dino_{gid}.pth", weights_only=True)
+        torch.testing.assert_close(raw[0], expect, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scene.train.features.grids[k].float(), raw[0, 0].reshape(11, 15, -1).half().float())

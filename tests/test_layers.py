@@ -16,10 +16,13 @@ def project_modules():
     """{module name: path} of main.py and every module of the packages."""
     mods = {"main": os.path.join(ROOT, "main.py")}
     for pkg in PACKAGES:
-        for name in sorted(os.listdir(os.path.join(ROOT, pkg))):
-            if name.endswith(".py"):
-                mod = pkg if name == "__init__.py" else f"{pkg}.{name[:-3]}"
-                mods[mod] = os.path.join(ROOT, pkg, name)
+        for folder, subdirs, files in os.walk(os.path.join(ROOT, pkg)):   # subpackages too
+            subdirs[:] = sorted(d for d in subdirs if os.path.isfile(os.path.join(folder, d, "__init__.py")))
+            prefix = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    mod = prefix if name == "__init__.py" else f"{prefix}.{name[:-3]}"
+                    mods[mod] = os.path.join(folder, name)
     return mods
 
 

@@ -4,7 +4,6 @@ synthetic room (they beat chance on the clicked classes and write propagation's 
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 

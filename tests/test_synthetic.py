@@ -1,4 +1,4 @@
-"""The built-in synthetic room (datasets/synthetic.py): geometry checked against independent
+"""The built-in synthetic room (datasets/synthetic/): geometry checked against independent
 ray-plane intersections, labels, poses, descriptors and the loader round trip."""
 import filecmp
 import json
@@ -13,7 +13,7 @@ from datasets import synthetic
 from datasets.replica import ReplicaLoader
 
 H, W, FRAMES = 30, 40, 30
-ROOM_LO = np.array([-3.0, -2.0, 0.0])   # the room box as documented in synthetic_geometry.py
+ROOM_LO = np.array([-3.0, -2.0, 0.0])   # the room box as documented in datasets/synthetic/geometry.py
 ROOM_HI = np.array([3.0, 2.0, 3.0])
 FLOOR, CEILING, WALL, CHAIR = 40, 31, 93, 20
 

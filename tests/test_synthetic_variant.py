@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from datasets import synthetic
+from datasets.synthetic import generate as synthetic_writer
 from datasets.replica import ReplicaLoader
 from utils.errors import InputError
 
 H, W = 30, 40
 V1_FRAMES = 20
-BED_LO = np.array([-2.5, -2.2, 0.0])     # variant 1's room box as documented in synthetic_bedroom.py
+BED_LO = np.array([-2.5, -2.2, 0.0])     # variant 1's room box as documented in datasets/synthetic/bedroom.py
 BED_HI = np.array([2.5, 2.2, 2.7])
 FLOOR, CEILING, WALL = 40, 31, 93
 NEW_IN_V1 = {7: "bed", 34: "desk", 52: "monitor", 96: "wardrobe"}
@@ -153,7 +154,7 @@ def test_completion_marker_appears_only_after_everything(tmp_path, monkeypatch):
     marker = os.path.join(out, ".complete")
     frames = 4
     seen = {"frames": 0, "marker_written": False}
-    real_frame, real_marker = synthetic._write_frame, synthetic._write_marker
+    real_frame, real_marker = synthetic_writer._write_frame, synthetic_writer._write_marker
 
     def frame(i):
         assert not os.path.exists(marker)                       # never during the writing
@@ -170,8 +171,8 @@ def test_completion_marker_appears_only_after_everything(tmp_path, monkeypatch):
         seen["marker_written"] = True
         real_marker(out_dir, params)
 
-    monkeypatch.setattr(synthetic, "_write_frame", frame)
-    monkeypatch.setattr(synthetic, "_write_marker", write_marker)
+    monkeypatch.setattr(synthetic_writer, "_write_frame", frame)
+    monkeypatch.setattr(synthetic_writer, "_write_marker", write_marker)
     assert not synthetic.scene_complete(out)
     synthetic.generate_scene(out, frames=frames, width=16, height=12, stats=False, workers=1, variant=1)
     assert seen["marker_written"] and synthetic.scene_complete(out)
@@ -183,13 +184,13 @@ def test_completion_marker_appears_only_after_everything(tmp_path, monkeypatch):
         if i == 2:
             raise KeyboardInterrupt
         return frame(i)
-    monkeypatch.setattr(synthetic, "_write_frame", dies)
+    monkeypatch.setattr(synthetic_writer, "_write_frame", dies)
     seen.update(frames=0, marker_written=False)
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate_scene(out, frames=frames, width=16, height=12, stats=False, workers=1, variant=1)
     assert not os.path.exists(marker) and not synthetic.scene_complete(out)
     assert not os.path.exists(os.path.join(out, "scene_info.json"))
-    monkeypatch.setattr(synthetic, "_write_frame", frame)
+    monkeypatch.setattr(synthetic_writer, "_write_frame", frame)
     seen.update(frames=0)
     synthetic.generate_scene(out, frames=frames, width=16, height=12, stats=False, workers=1, variant=1)
     assert synthetic.scene_complete(out, variant=1)

@@ -7,8 +7,10 @@ Per test view i (2D into <save_dir>/, 3D into <save_dir>/test_render/, as the or
 - `<i>_label<sfx>.png`      label ids in the evaluation space (valid classes 0..C'-1), uint8
                             (uint16 when an id exceeds 255);
 - `<i>_vis_label<sfx>.png`  the colourised label map, in RGB order;
+- `<i>_confidence<sfx>.png` (propagation) the winner's relative margin (s1 - s2) / s1 over the
+                            runner-up label's score, times 255 (propagation/testviews.py);
 - `<i>_error_map<sfx>.png`  255 where the label differs from the ground truth on non-void
-                            pixels (utils.colormaps.error_map);
+                            pixels (utils.colormaps.error_map); not written without ground truth;
 - 3D only: `<i>_gt_label.png`  the ground truth in the same encoding, void = 255 (65535 for
                             uint16);
 plus `vis_label<sfx>.mp4`. sfx = '' for the result, '_wo' for the plain argmax when an
@@ -57,14 +59,15 @@ def valid_colour_map(scene, instance=False):
 
 
 def class_names(scene, instance=False):
-    """Names of the evaluation labels: '<name> (<raw id>)' when the dataset has scene_info.json
-    (the synthetic room), else the raw id."""
+    """Names of the evaluation labels: '<name> (<raw id>)' when the scene knows them
+    (`scene.class_names`: a clicks file's classes; scene_info.json of the synthetic room), else the
+    raw id."""
     if instance:
         ids = scene.instance_classes[1:] if scene.instance_classes is not None else []
         return [f"instance {int(i)}" for i in ids]
-    names = {}
+    names = dict(getattr(scene, "class_names", None) or {})
     info = os.path.join(scene.root or "", "scene_info.json")
-    if scene.root and os.path.isfile(info):
+    if not names and scene.root and os.path.isfile(info):
         try:
             with open(info) as f:
                 names = {int(k): v for k, v in json.load(f).get("classes", {}).items()}
@@ -80,9 +83,12 @@ def _encoding(num_classes):
     return (np.uint8, 255) if num_classes <= 255 else (np.uint16, 65535)
 
 
-def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, workers=4, video=True):
+def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, workers=4, video=True,
+                       confidence=None):
     """Write the per-view files of label maps `labels` [T, H, W] (numpy ints, evaluation ids)
-    against `gt` [T, H, W] (evaluation ids, -1 void). Returns the list of written paths."""
+    against `gt` [T, H, W] (evaluation ids, -1 void; None for a scene without ground truth: no
+    error or GT maps). `confidence` [T, H, W] uint8 adds `<i>_confidence<sfx>.png`. Returns the
+    list of written paths."""
     os.makedirs(out_dir, exist_ok=True)
     dtype, void_code = _encoding(len(colours))
     vis_frames = [None] * len(labels)
@@ -95,6 +101,11 @@ def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, 
         vis_frames[i] = vis
         paths.append(os.path.join(out_dir, f"{i}_vis_label{suffix}.png"))
         write_png(paths[-1], vis)
+        if confidence is not None:
+            paths.append(os.path.join(out_dir, f"{i}_confidence{suffix}.png"))
+            write_png(paths[-1], np.asarray(confidence[i], dtype=np.uint8))
+        if gt is None:
+            return paths
         paths.append(os.path.join(out_dir, f"{i}_error_map{suffix}.png"))
         write_png(paths[-1], error_map(lab, gt[i]))
         if write_gt:

@@ -1,4 +1,4 @@
-"""Analytic ray casting for the built-in synthetic rooms (see `datasets/synthetic.py`).
+"""Analytic ray casting for the built-in synthetic rooms (see `datasets/synthetic/__init__.py`).
 
 SYNTHETIC scene. World frame: metres, z up. A room is the box room.lo..room.hi seen from inside
 (ROOM_LO..ROOM_HI for variant 0); furniture is made of parts (boxes, vertical cylinders,
@@ -26,7 +26,7 @@ class Part:
     kind: str                  # box | cyl | ellipsoid
     a: np.ndarray              # box: lo; cyl: (cx, cy, z0); ellipsoid: centre
     b: np.ndarray              # box: hi; cyl: (r, z1, -); ellipsoid: radii
-    mat: Any                   # a Material of synthetic_room (has .albedo(p, noise))
+    mat: Any                   # a Material of room.py (has .albedo(p, noise))
 
     def bounds(self):
         if self.kind == "box":

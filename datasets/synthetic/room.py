@@ -1,17 +1,17 @@
-"""Materials, the `Room` container and variant 0's furnished living room (see `datasets/synthetic.py`).
+"""Materials, the `Room` container and variant 0's furnished living room (see `datasets/synthetic/__init__.py`).
 
 SYNTHETIC scene. World frame: metres, z up; variant 0 is the box x in [-3, 3], y in [-2, 2],
-z in [0, 3] (`synthetic_geometry.ROOM_LO/HI`). Materials are procedural (stripes, checker, value
+z in [0, 3] (`geometry.ROOM_LO/HI`). Materials are procedural (stripes, checker, value
 noise, wood rings, book spines, floor planks, diamond wallpaper, a sky for the void window)
 evaluated at object-frame hit points, so colours stick to the surfaces. The layout is fixed; the
-seed draws only the noise lattice. Variant 1 (a bedroom with a desk) is `synthetic_bedroom.py`.
+seed draws only the noise lattice. Variant 1 (a bedroom with a desk) is `bedroom.py`.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from datasets.synthetic_geometry import FACE_NAMES, ROOM_HI, ROOM_LO, Decal, Obj, box, cyl, ellipsoid
+from datasets.synthetic.geometry import FACE_NAMES, ROOM_HI, ROOM_LO, Decal, Obj, box, cyl, ellipsoid
 
 # Replica-like sparse class ids (Replica's 101-entry list numbering, names for readability).
 CLASS_NAMES = {0: "void", 10: "bin", 18: "cabinet", 20: "chair", 29: "cushion", 31: "ceiling",

@@ -1,4 +1,4 @@
-"""Ray casting one view of a synthetic room (see `datasets/synthetic.py`).
+"""Ray casting one view of a synthetic room (see `datasets/synthetic/__init__.py`).
 
 Pinhole camera, hfov 90 deg: fx = fy = W/2, cx = (W-1)/2, cy = (H-1)/2; pixel (u, v) looks along
 R_wc ((u-cx)/fx, (v-cy)/fy, 1), so the ray parameter of a hit is its z-depth. Depth and labels
@@ -7,7 +7,7 @@ ss x ss sub-pixel rays (anti-aliasing).
 """
 import numpy as np
 
-from datasets import synthetic_geometry as geo
+import datasets.synthetic.geometry as geo
 
 
 # ------------------------------------------------------------------------------------------------

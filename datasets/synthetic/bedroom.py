@@ -1,4 +1,4 @@
-"""Variant 1 of the built-in synthetic scene: a bedroom with a work corner (see `datasets/synthetic.py`).
+"""Variant 1 of the built-in synthetic scene: a bedroom with a work corner (see `datasets/synthetic/__init__.py`).
 
 SYNTHETIC scene. World frame: metres, z up; the room is the box x in [-2.5, 2.5], y in [-2.2, 2.2],
 z in [0, 2.7] (BEDROOM_LO/HI). Diamond wallpaper on the x walls, mottled paint on the y walls, a
@@ -11,8 +11,8 @@ fixed; the seed draws only the texture noise lattice.
 """
 import numpy as np
 
-from datasets.synthetic_geometry import FACE_NAMES, Decal, Obj, box, cyl, ellipsoid
-from datasets.synthetic_room import Material, Room, ValueNoise
+from datasets.synthetic.geometry import FACE_NAMES, Decal, Obj, box, cyl, ellipsoid
+from datasets.synthetic.room import Material, Room, ValueNoise
 
 BEDROOM_LO = np.array([-2.5, -2.2, 0.0])
 BEDROOM_HI = np.array([2.5, 2.2, 2.7])

@@ -1,4 +1,4 @@
-"""SYNTHETIC "DINO-like" descriptors of the built-in rooms (see `datasets/synthetic.py`).
+"""SYNTHETIC "DINO-like" descriptors of the built-in rooms (see `datasets/synthetic/__init__.py`).
 
 These are NOT produced by a DINO network. Per pixel,
     f(p) = A m + B c[class(p)] + C o[object(p)] + L(colour features of p)

@@ -1,12 +1,12 @@
 """The variants of the built-in synthetic scene (`python -m datasets.synthetic --variant N`).
 
-A variant is a fixed room (`build(seed)` -> synthetic_room.Room, with its class names and look-alike
+A variant is a fixed room (`build(seed)` -> room.Room, with its class names and look-alike
 class families) and a closed camera path (`poses(frames)` -> [frames, 4, 4] camera-to-world,
 OpenCV axes).
 
-    0  living room (synthetic_room.py): 6 x 4 x 3 m; the path is an ellipse around the table,
+    0  living room (room.py): 6 x 4 x 3 m; the path is an ellipse around the table,
        counter-clockwise, looking across the room; frame 0 looks along -x.
-    1  bedroom with a work corner (synthetic_bedroom.py): 5 x 4.4 x 2.7 m; the path is a smaller
+    1  bedroom with a work corner (bedroom.py): 5 x 4.4 x 2.7 m; the path is a smaller
        clockwise ellipse at 1.4-1.7 m, looking across the room with a yaw swing; frame 0 stands
        near the desk corner and looks at the bed.
 """
@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from datasets.synthetic_bedroom import build_bedroom
-from datasets.synthetic_render import look_at
-from datasets.synthetic_room import build_room
+from datasets.synthetic.bedroom import build_bedroom
+from datasets.synthetic.render import look_at
+from datasets.synthetic.room import build_room
 
 
 def living_room_poses(frames):
