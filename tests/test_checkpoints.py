@@ -110,7 +110,7 @@ def test_restore_without_an_optimizer_loads_the_weights_only(tmp_path):
         for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(v, w), k
     with pytest.raises(InputError, match="holds no optimizer state"):
-        restore_checkpoint(path, dst, build_optimizer(dst, 5e-4))
+        restore_checkpoint(path, dst, build_optimizer([nerf_parameters(dst)], 5e-4))
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

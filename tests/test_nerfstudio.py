@@ -215,7 +215,7 @@ def test_split_lists_semantic_masks_and_frame_order(tmp_path):
 
 
 def test_registry_and_example_config(room, tmp_path):
-    assert LOADERS["nerfstudio"] is load_nerfstudio
+    assert LOADERS["nerfstudio"].load is load_nerfstudio
     cap, _ = room
     _, opts = jnerf_main.parse_options(["--config_file", "configs/nerfstudio_example.yaml", "--dataset_type",
                                         "nerfstudio", "--save_dir", str(tmp_path)])
