@@ -143,6 +143,8 @@ def run_mode(opts):
     rng = seed_everything(opts.seed)
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
+    for note in opts.notes:
+        print(f"[jnerf] note: {note}", flush=True)
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps

@@ -21,6 +21,8 @@
 #   psnr             test PSNR after 2000 plain steps, --precision mixed against fp32 (seed 0; add
 #                    --psnr_steps N --psnr_seeds 0,1 --psnr_precisions ...)            [scene]
 #   pipeline         bench/pipeline.py: the README's stages at reduced length, projected  [scene]
+#   semantic_precision  bench/semantic_precision.py: Semantic-NeRF joint, mixed against fp32, two seeds,
+#                    test PSNR and 2D/3D mIoU (runs in parallel on the GPU)                  [scene]
 #   oracle           python -m experiments.oracle
 #   commands         bash bench/gpu_commands.sh: the paper's commands through main.py
 #   estimate         python -m experiments.reproduce $PLAN --estimate (default experiments/replica.yaml):
@@ -52,6 +54,7 @@ step_command() {  # name -> "timeout command..." (words), or nothing for an unkn
     save_time) echo 30 python bench/save_time.py ;;
     psnr) echo 300 python bench/nerf_step.py --variants none --psnr_steps 2000 --data "$W/room" \
                    --psnr_precisions mixed,fp32 --psnr_seeds 0 --own_engine_only ;;
+    semantic_precision) echo 420 python bench/semantic_precision.py --work "$W" ;;
     pipeline) echo 560 python bench/pipeline.py --work "$W" --precision mixed --json "$OUT/pipeline.json" \
                        --deadline "$DEADLINE" ;;
     oracle) echo 200 python -m experiments.oracle ;;
@@ -69,7 +72,7 @@ done
 
 SCENE=
 for spec in "$@"; do
-  case "${spec%% *}" in psnr|pipeline)
+  case "${spec%% *}" in psnr|pipeline|semantic_precision)
     python bench/pipeline.py --work "$W" --prepare_only > "$OUT/scene.log" 2>&1 & SCENE=$!; break ;;
   esac
 done
@@ -77,7 +80,9 @@ done
 for spec in "$@"; do
   name=${spec%% *}; extra=; [ "$spec" != "$name" ] && extra=${spec#* }
   set -- $(step_command "$name"); t=$1; shift
-  if [ -n "$SCENE" ] && { [ "$name" = psnr ] || [ "$name" = pipeline ]; }; then wait "$SCENE"; SCENE=; fi
+  if [ -n "$SCENE" ] && { [ "$name" = psnr ] || [ "$name" = pipeline ] || [ "$name" = semantic_precision ]; }; then
+    wait "$SCENE"; SCENE=
+  fi
   t0=$(date +%s); left=$(( DEADLINE - t0 )); [ "$left" -lt "$t" ] && t=$left
   if [ "$t" -le 5 ]; then echo "skipped: no time left" >> "$OUT/$name.log"; continue; fi
   echo "\$ $* $extra" >> "$OUT/$name.log"

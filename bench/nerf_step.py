@@ -8,6 +8,7 @@ The network and sampling are the original's (8x256, 64 + 128 samples, 1024 rays)
 Markdown table; record it in docs/PERFORMANCE.md with the device line.
 """
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -29,6 +30,16 @@ from training.semantic import SemanticObjective  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 from utils.options import SemanticOptions  # noqa: E402
 from utils.precision import PRECISIONS, Precision  # noqa: E402
+
+
+def release(device):
+    """Free the last run's graphs and buffers before the next one is captured: a CUDA graph of the
+    previous trainer destroyed by the garbage collector in the middle of the next capture
+    invalidated that capture (seen once on the H200: fp32 runs, then tf32 plain, then tf32 joint)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 def sync(device):
@@ -171,6 +182,7 @@ def main():
         plain = None
         for method in args.methods.split(","):
             step, view, peak = time_step(device, prec, args.steps, args.warmup, graph, method)
+            release(device)
             plain = step if method == "plain" else plain
             ratio = f"{step / plain:.2f}x" if plain else "-"
             print(f"| {method} | {prec} | {'CUDA graph' if graph else 'eager'} | {step * 1e3:.2f} ms | {ratio} | "

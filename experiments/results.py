@@ -5,9 +5,15 @@ results.json:
     name, scenes, label_spaces, dims, regimes, methods (display names), metrics (keys),
     values: {space: {dim: {scene | "mean": {method: {regime: {metric: value in % or null}}}}}},
     labelled_fraction: {space: {regime: {scene | "mean": labelled training pixels / all}}},
+    views: {space: {dim: {scene: {method: {regime: {split, count, digest} or null}}}}}: the test
+        views each cell was scored on (its metrics.json `views`; older files: their split and count),
     missing: ["scene / space / dim / method / regime", ...] (cells without a finished stage)
 Nothing in it depends on the machine, the paths or the number of processes (timings are in
 timings/process_<i>.json), so every way of running the same YAML writes the same file.
+
+A comparison is only one on the same views: every finished cell of one scene in one table (label
+space and dimension) must carry the same view set, or `write_results` refuses (InputError naming
+the cells and their views) and writes no table.
 
 results.md: one table per label space and dimension; one row per scene and method, then the
 mean over the scenes (shown only when every scene has the value); one column per regime and
@@ -24,6 +30,7 @@ import numpy as np
 
 from experiments.layout import METHODS, METRIC_NAMES, cell_metrics, seed_dir
 from utils.atomic import write_json_atomic, write_text_atomic
+from utils.errors import InputError
 from utils.image_io import read_label_png, write_png
 
 MEAN = "mean"
@@ -54,6 +61,37 @@ def labelled_fraction(folder):
     return count / total if total else None
 
 
+def cell_views(m):
+    """{split, count, digest} of the views a metrics dict was scored on (digest None for files written
+    before the `views` entry existed: their split and count stand for it), or None."""
+    if not isinstance(m, dict):
+        return None
+    v = m.get("views")
+    if isinstance(v, dict):
+        return dict(split=v.get("split"), count=v.get("count"), digest=v.get("digest"))
+    return dict(split=m.get("test_split", "test"), count=m.get("test_views"), digest=None)
+
+
+def _view_key(v):
+    return v["digest"] or (v["split"], v["count"])
+
+
+def view_conflicts(res):
+    """Lines naming the tables (scene / label space / dimension) whose finished cells were scored
+    on different views, each cell with its views."""
+    lines = []
+    for space, dims in res["views"].items():
+        for dim, scenes in dims.items():
+            for scene, methods in scenes.items():
+                cells = [(f"{method} / {regime}", v) for method, regimes in methods.items()
+                         for regime, v in regimes.items() if v is not None]
+                if len({_view_key(v) for _, v in cells}) > 1:
+                    what = "; ".join(f"{name}: {v['split']}, {v['count']} view(s)"
+                                     + (f" [{v['digest']}]" if v["digest"] else " [no digest]") for name, v in cells)
+                    lines.append(f"{scene} / {space} / {dim.upper()}: {what}")
+    return lines
+
+
 def _mean(values):
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
@@ -62,21 +100,24 @@ def collect_results(plan):
     """The results dict (module doc) of the finished stages of `plan` (experiments.plan.Plan)."""
     scenes = [s.name for s in plan.scenes]
     regimes = [r.name for r in plan.regimes]
-    values, fractions, missing = {}, {}, []
+    values, fractions, missing, views = {}, {}, [], {}
     for space in plan.label_spaces:
         fractions[space] = {r: {} for r in regimes}
         for dim in plan.dims:
             table = values.setdefault(space, {}).setdefault(dim, {})
             for scene in plan.scenes:
                 rows = table[scene.name] = {}
+                seen = views.setdefault(space, {}).setdefault(dim, {})[scene.name] = {}
                 for method in plan.methods:
                     row = rows[METHODS[method]] = {}
+                    seen_row = seen[METHODS[method]] = {}
                     for regime in plan.regimes:
                         m = _read(cell_metrics(plan.out_dir, scene.name, space, regime.name, method, dim)) \
                             if space in scene.label_spaces else None
                         if m is None:
                             missing.append(f"{scene.name} / {space} / {dim} / {METHODS[method]} / {regime.name}")
                         row[regime.name] = {k: _pct(m, k) for k in plan.metrics}
+                        seen_row[regime.name] = cell_views(m)
                         if m and m.get("seeds") and scene.name not in fractions[space][regime.name]:
                             fractions[space][regime.name][scene.name] = labelled_fraction(
                                 os.path.join(seed_dir(plan.out_dir, scene.name), m["seeds"]))
@@ -89,7 +130,7 @@ def collect_results(plan):
             fractions[space][r][MEAN] = _mean(got)
     return dict(name=plan.name, scenes=scenes, label_spaces=list(plan.label_spaces), dims=list(plan.dims),
                 regimes=regimes, methods=[METHODS[m] for m in plan.methods], method_keys=list(plan.methods),
-                metrics=list(plan.metrics), values=values, labelled_fraction=fractions, missing=missing)
+                metrics=list(plan.metrics), values=values, labelled_fraction=fractions, views=views, missing=missing)
 
 
 def _fmt(v):
@@ -109,7 +150,8 @@ def results_markdown(res):
              "and the shaped checkpoint; Semantic-NeRF is trained on the same seeds: joint = NeRF and semantic heads "
              "from scratch (Semantic-NeRF's protocol), fine-tune = the heads on the frozen plain NeRF. 2D labels "
              "pixels of the rendered test views; 3D labels the 3D sample points and renders them into the test "
-             "views. mean = the mean over the scenes (n/a unless every scene has the value).", ""]
+             "views. mean = the mean over the scenes (n/a unless every scene has the value). Every cell of a scene "
+             "was scored on the same test views (results.json `views`).", ""]
     for space in res["label_spaces"]:
         for dim in res["dims"]:
             table = res["values"][space][dim]
@@ -132,7 +174,13 @@ def results_markdown(res):
 
 
 def write_results(plan, res):
-    """results.json, results.md and miou_vs_sparsity.png in plan.out_dir."""
+    """results.json, results.md and miou_vs_sparsity.png in plan.out_dir; InputError (nothing
+    written) when a table would mix cells scored on different views (`view_conflicts`)."""
+    conflicts = view_conflicts(res)
+    if conflicts:
+        raise InputError("results: cells of one table were scored on different test views, so they are not a "
+                         "comparison (score every method on the scene's test split; docs/REPRODUCE.md):\n  "
+                         + "\n  ".join(conflicts))
     os.makedirs(plan.out_dir, exist_ok=True)
     write_json_atomic(os.path.join(plan.out_dir, "results.json"), res)
     text = results_markdown(res)

@@ -22,8 +22,8 @@ from propagation.responses import cumulative_mixers, mixing_matrix, perturbation
 from propagation.testviews import TestPlan, propagate_views
 from utils.errors import InputError
 from utils.image_io import write_png
-from utils.label_outputs import class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line, \
-    valid_colour_map, write_view_outputs
+from utils.label_outputs import (class_names, finish_metrics, scaled_labels, seed_class_confusion, split_name,
+                                 summary_line, valid_colour_map, view_set, write_view_outputs)
 
 MAX_SPATIAL_POINTS = 2048
 
@@ -148,6 +148,7 @@ def propagate(opts, scene, renderer, rng, export=None):
         given_class_names=[names[c] for c in label_ids if 0 <= c < len(names)],
         num_directions=dirs.count, perturb_t=p.perturb_t, deterministic=not p.noisy,
         test_views=int(len(scene.test)), resolution=[h, w], outputs=out_dir, class_names=names,
+        views=view_set(split_name(opts.data.training_mode), scene.test.ids, h, w),
         timings=timings, device=str(dev))
     if selection is not None:
         metrics["adaptive_selection_round_miou"] = selection["round_miou"]

@@ -16,7 +16,7 @@ import yaml
 from experiments import reproduce
 from experiments.launch import my_scenes, shard
 from experiments.plan import load_plan
-from experiments.results import plot_miou, results_markdown
+from experiments.results import cell_views, plot_miou, results_markdown, write_results
 from experiments.stages import MARKER, identity, scene_stages, stage_done
 from utils.errors import InputError
 
@@ -37,7 +37,8 @@ TINY = dict(
                                              "--contrastive_step", "1", "--rgb_layer", "--gt_feature_sim",
                                              "--contrastive_abs", "--gradient_norm_loss", "--N_rays", "32",
                                              "--training_mode"]),
-                semantic_joint=dict(N_iters=30, flags=["--N_rays", "256", "--lrate", "5e-3"]),
+                # --training_mode as the Replica plan: its cells must still be scored on the test split
+                semantic_joint=dict(N_iters=30, flags=["--N_rays", "256", "--lrate", "5e-3", "--training_mode"]),
                 semantic_finetune=dict(N_iters=10, flags=["--N_rays", "256", "--lrate", "5e-3"])),
     regimes=[dict(name="1 click", flags=["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation",
                                          "--partial_perc", "0"]),
@@ -144,7 +145,31 @@ def _fake_results():
                 methods=methods, method_keys=["plain", "jnerf"], metrics=["miou", "total_accuracy"],
                 values={"semantic": {d: {"a": vals, "mean": vals} for d in ("2d", "3d")}},
                 labelled_fraction={"semantic": {"1 click": {"a": 1e-4, "mean": 1e-4}, "dense": {"a": 0.02, "mean": 0.02}}},
+                views={"semantic": {d: {"a": {m: {r: dict(split="test", count=10, digest="d10") for r in regimes}
+                                              for m in methods}} for d in ("2d", "3d")}},
                 missing=[])
+
+
+def test_a_table_of_cells_scored_on_different_views_is_refused(tmp_path):
+    """One cell scored on frame 0 (a training view) beside cells scored on the test split: no table
+    is written, and the error names the table and each cell's views; an older file without a digest
+    counts by its split and view count."""
+    from types import SimpleNamespace
+    res = _fake_results()
+    res["views"]["semantic"]["2d"]["a"]["JacobiNeRF"]["dense"] = dict(split="frame 0 (--training_mode)", count=1,
+                                                                      digest=None)
+    plan = SimpleNamespace(out_dir=str(tmp_path / "out"))
+    with pytest.raises(InputError) as err:
+        write_results(plan, res)
+    text = str(err.value)
+    assert "a / semantic / 2D" in text and "JacobiNeRF / dense: frame 0 (--training_mode), 1 view(s)" in text
+    assert "plain NeRF / 1 click: test, 10 view(s) [d10]" in text and "/ 3D" not in text
+    assert not os.path.exists(plan.out_dir)
+    res["views"]["semantic"]["2d"]["a"]["JacobiNeRF"]["dense"] = dict(split="test", count=10, digest="d10")
+    write_results(plan, res)            # the same views everywhere: the table is written
+    assert os.path.exists(os.path.join(plan.out_dir, "results.md"))
+    assert cell_views({"test_views": 1, "test_split": "frame 0 (--training_mode)"}) == dict(
+        split="frame 0 (--training_mode)", count=1, digest=None)
 
 
 def test_markdown_layout_and_plot():
@@ -196,6 +221,15 @@ def test_tiny_runner_fills_every_cell_and_a_second_call_does_no_work(one_process
     cfg = yaml.safe_load((root / "one" / "living_room" / "config.yaml").read_text())
     assert (cfg["experiment"]["width"], cfg["experiment"]["height"]) == (24, 18)
     assert cfg["model"]["netwidth"] == 16 and cfg["experiment"]["dataset_dir"] == str(root / "data" / "living_room")
+    # every cell of a scene was scored on the same test views (the Semantic-NeRF stage trained with
+    # --training_mode included), the whole test split, each with a digest
+    for space in res["views"].values():
+        for dim in space.values():
+            for scene_name, scene in dim.items():
+                sets = {json.dumps(v, sort_keys=True) for method in scene.values() for v in method.values()}
+                assert len(sets) == 1, (scene_name, sets)
+                v = json.loads(sets.pop())
+                assert v["split"] == "test" and v["count"] == 2 and v["digest"]
     md = (root / "one" / "results.md").read_text()
     assert "## Instance labels, 3D" in md and "| **mean** | Semantic-NeRF (fine-tune) |" in md
     assert cv2.imread(str(root / "one" / "miou_vs_sparsity.png")) is not None

@@ -151,27 +151,31 @@ def room(tmp_path_factory):
 
 
 def _chance_check(m):
-    """Chance = a uniform guess among the L clicked classes: expected total and class-average
-    accuracy 1/L on the pixels of those classes. Measured (--seed 0, one thread), on the clicked
-    view: finetune 2D 45.1 / 52.8 %, 3D 44.9 / 51.4 % (total / class-average); joint (400 steps
-    from scratch) 2D 22.2 / 23.7 %, 3D 23.7 / 19.6 %; chance 1/13 = 7.7 %."""
+    """Chance = a uniform guess among the L given classes: expected total and class-average accuracy
+    1/L on the pixels of those classes. Measured (--seed 0, one thread) on the 5 test views from one
+    densely labelled training view, a 300-step 32-wide plain NeRF at 40x30: finetune 2D 42.0 / 12.0 %,
+    3D 38.0 / 11.2 %; joint (400 steps from scratch) 2D 42.5 / 10.4 %, 3D 40.4 / 9.5 % (total /
+    class-average); chance 1/13 = 7.7 %."""
     chance = 1.0 / len(m["given_classes"])
-    assert m["class_average_accuracy"] > 1.5 * chance, (m["class_average_accuracy"], chance)
-    assert m["total_accuracy"] > chance, (m["total_accuracy"], chance)
+    assert m["class_average_accuracy"] > chance, (m["class_average_accuracy"], chance)
+    assert m["total_accuracy"] > 2 * chance, (m["total_accuracy"], chance)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["finetune", "joint"])
 def test_protocol_end_to_end_beats_chance_on_the_clicked_classes(room, tmp_path, protocol):
-    """One click per class on training frame 0; evaluated on that view (--training_mode: the test
-    set is frame 0), i.e. how far the clicks spread over the clicked view. Spreading to other views
-    from one labelled view is what the reproduction runner's table measures (docs/SEMANTIC_NERF.md)."""
+    """Training frame 0 densely labelled (one labelled view), run with --training_mode (ignored by the
+    baseline, with a note) and the labelled-pixels sampler (every step sees the labels; the
+    default, Semantic-NeRF's one-frame sampler, sees them on one step in 20 here); the labels are
+    scored on the test split all the same (`views`), as every method's: the baseline must spread
+    them to the other views better than chance."""
     out = tmp_path / protocol
     seeds = tmp_path / "seeds"
     flags = (["--semantic_finetune", "--ckpt_path", room["ckpt"], "--N_iters", "200"] if protocol == "finetune"
              else ["--semantic_nerf", "--N_iters", "400"])
     rc = jnerf_main.main(["--config_file", room["config"], "--save_dir", str(out), *COMMON, "--N_rays", "512",
-                          *CLICKS, "--seed_dir", str(seeds), "--visualise_save", "--training_mode", *flags])
+                          "--sparse_views", "--sparse_ratio", "0.995", "--seed_dir", str(seeds), "--visualise_save",
+                          "--training_mode", "--semantic_sampler", "labelled", *flags])
     assert rc == 0
     top = json.loads((out / "metrics.json").read_text())
     assert top["mode"] == "semantic_nerf" and top["protocol"] == protocol and top["labelled_frames"] == [0]
@@ -184,6 +188,7 @@ def test_protocol_end_to_end_beats_chance_on_the_clicked_classes(room, tmp_path,
         m = json.loads((out / f"semantic_{kind}" / "metrics.json").read_text())
         assert m["mode"] == f"semantic_nerf_{kind}" and m["protocol"] == protocol
         assert m["given_classes"] == top["given_classes"] and len(m["given_classes"]) >= 8
+        assert m["views"]["split"] == "test" and m["views"]["count"] == m["test_views"] == top["test_views"] == 5
         print(protocol, kind, "mIoU", m["miou"], "acc", m["total_accuracy"], "class-avg", m["class_average_accuracy"])
         _chance_check(m)
         folder = out / "semantic_2d" if kind == "2d" else out / "semantic_3d" / "test_render"
@@ -206,3 +211,45 @@ def test_finetune_resume_and_instances(room, tmp_path):
     assert jnerf_main.main(base + ["--resume", "--N_iters", "40"]) == 0
     top = json.loads((out / "metrics.json").read_text())
     assert top["steps"] == 20 and top["final_step"] == 40 and top["label_space"] == "instance"
+
+
+def test_semantic_nerf_sampler_is_one_frame_per_step_with_replacement():
+    """--semantic_sampler frame (the default): Semantic-NeRF's own trainer's draw, one random
+    training frame per step and N_rays pixels of it with replacement (so repeats happen), over all
+    frames; the stream resumes from its state."""
+    from training.batching import RayBatcher
+    from tests.tiny_models import tiny_camera
+    from dataclasses import replace as dc_replace
+    cams = tiny_camera(height=6, width=8)
+    cams = dc_replace(cams, poses=cams.poses.repeat(5, 1, 1))
+    rgb = torch.rand(5, 6, 8, 3)
+    b = RayBatcher(cams, rgb, 40, "cpu", mode="semantic_nerf", base_seed=3)
+    frames, repeats = set(), 0
+    for _ in range(30):
+        frame, pix = b.indices()
+        assert frame.unique().numel() == 1 and pix.numel() == 40 and 0 <= int(pix.min()) and int(pix.max()) < 48
+        frames.add(int(frame[0]))
+        repeats += 40 - pix.unique().numel()
+    assert frames == set(range(5)) and repeats > 0          # every frame drawn; 40 of 48 pixels repeat some
+    state = b.state_dict()
+    nxt = b.indices()
+    c = RayBatcher(cams, rgb, 40, "cpu", mode="semantic_nerf", base_seed=99)
+    c.load_state_dict(state)
+    again = c.indices()
+    assert torch.equal(nxt[0], again[0]) and torch.equal(nxt[1], again[1])
+    batch = b.next()
+    assert torch.equal(batch.rgb, rgb[batch.frame, batch.v, batch.u])
+
+
+def test_sampler_flags(tmp_path):
+    _, opts = _opts(tmp_path, "--semantic_nerf")
+    assert opts.semantic.sampler == "frame"
+    _, opts = _opts(tmp_path, "--semantic_nerf", "--semantic_sampler", "pooled", "--no_batching")
+    assert opts.semantic.sampler == "pooled" and opts.train.batching == "no_batching"
+    with pytest.raises(InputError, match="--no_batching chooses the plain trainer's rays"):
+        _opts(tmp_path, "--semantic_nerf", "--no_batching")
+    # --training_mode would score the baseline on frame 0, a training view: it is ignored, with a note
+    _, opts = _opts(tmp_path, "--semantic_nerf", "--training_mode")
+    assert not opts.data.training_mode and "--training_mode is ignored by --semantic_nerf" in opts.notes[0]
+    _, opts = _opts(tmp_path, "--training_mode")
+    assert opts.data.training_mode and opts.notes == ()

@@ -9,8 +9,10 @@ stored. Modes (`TrainOptions.batching`), as the original:
 - "fixed" (`--sample_fixed`): image 0, N evenly spaced pixels;
 - "unmasked" (`--from_unmasked_only`, `--from_unmasked`): like no_batching but only among the
   given frames (those whose labels are kept);
-- "pixels" (the Semantic-NeRF fine-tune protocol): only the given pixels (frame, v, u), min(N, P)
-  of the P per step: all of them when P <= N, else consecutive slices of a permutation of them.
+- "pixels" (`--semantic_sampler labelled`): only the given pixels (frame, v, u), min(N, P) of the
+  P per step: all of them when P <= N, else consecutive slices of a permutation of them;
+- "semantic_nerf" (Semantic-NeRF's own sampler, the baseline's default): one random training
+  frame per step and N pixels of it drawn with replacement, as its trainer does.
 
 Permutations come from a CPU generator seeded with (base seed, epoch), so a checkpoint only
 needs the base seed, the epoch and the position to resume the exact same stream.
@@ -71,6 +73,9 @@ class RayBatcher:
             frame = self.frames[torch.randint(len(self.frames), (), generator=self.gen)]
             pix = torch.randperm(hw, generator=self.gen)[:self.n]
             return frame.expand(pix.shape), pix
+        if self.mode == "semantic_nerf":
+            frame = self.frames[torch.randint(len(self.frames), (), generator=self.gen)]
+            return frame.expand(self.n), torch.randint(hw, (self.n,), generator=self.gen)
         if self.mode == "pixels" and self.n == self.pixels[0].numel():
             return self.pixels
         if self.perm is None:

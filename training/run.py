@@ -35,6 +35,7 @@ from training.shaping import ShapingObjective, build_shaper
 from training.trainer import Trainer
 from utils.atomic import write_json_atomic
 from utils.errors import InputError
+from utils.label_outputs import split_name
 from utils.metrics import to_jsonable
 
 
@@ -51,8 +52,7 @@ def train(opts, scene, renderer, rng):
     if result is None:
         print(f"[jnerf] checkpoint is at step {trainer.start - 1} > N_iters {trainer.n_iters}: nothing to do")
         return None
-    metrics = dict(mode=objective.name, test_views=len(scene.test),
-                   test_split="frame 0 (--training_mode)" if opts.data.training_mode else "test",
+    metrics = dict(mode=objective.name, test_views=len(scene.test), test_split=split_name(opts.data.training_mode),
                    **result)
     summary = objective.summary()
     if summary is not None:

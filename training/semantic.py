@@ -13,14 +13,16 @@ Renderer.render_rays with the heads):
 CE is the mean over the batch's labelled rays (unlabelled and void rays are ignored); Adam and
 lr <- lrate * 0.1^(s / lrate_decay) for every parameter group, as the plain trainer.
 - joint (Semantic-NeRF's protocol): NeRF and heads trained together, from scratch (or from the
-  weights of --ckpt_path); rays from all training pixels as plain training (--no_batching etc.
-  apply), so unlabelled pixels supervise colour only.
+  weights of --ckpt_path); unlabelled pixels supervise colour only.
 - finetune: the NeRF of --ckpt_path is frozen (requires_grad False, left out of Adam, its trunk run
-  on its inference path); only the heads train. With colour frozen the colour loss is a constant, so an
-  unlabelled ray contributes nothing: every step draws its rays from the labelled pixels alone
-  (the sampler's "pixels" mode: all of them when there are at most --N_rays, else consecutive
-  slices of a permutation), rendered in training mode (jittered samples and density noise, as the
-  joint protocol).
+  on its inference path); only the heads train (the colour loss is then a constant).
+Rays (--semantic_sampler): `frame` (default, Semantic-NeRF's own trainer): one random training frame
+per step and N_rays pixels of it drawn with replacement, so a step on a frame without seeds trains
+colour only (joint) or nothing (finetune); `pooled`: the plain trainer's sampler (all pixels of all
+frames; --no_batching etc. apply); `labelled`: the labelled pixels only (all of them when there are
+at most N_rays, else consecutive slices of a permutation). Training renders as the plain trainer's
+(jittered samples and density noise). --training_mode is ignored (utils/build_options.py, with a note
+at start): the labels are scored on the scene's test split, the views of every other method's cell.
 `SemanticObjective` is the trainer's objective (training/objectives.py): the one training step,
 eager or captured as a CUDA graph, at every --precision (float16 passes with a loss scale under
 mixed); the loop is the plain trainer's (checkpoints, divergence checks, Ctrl-C, --keep_ckpts, the
@@ -46,6 +48,7 @@ from training.objectives import PlainObjective, nerf_parameters, photometric
 from training.run import fit_objective
 from training.semantic_eval import evaluate_semantic
 from utils.atomic import write_json_atomic
+from utils.label_outputs import split_name
 from utils.metrics import METRIC_KEYS, to_jsonable
 
 
@@ -59,7 +62,7 @@ class SemanticObjective(PlainObjective):
 
     def __init__(self, train, sem, renderer, labels, num_classes):
         super().__init__(train)
-        self.protocol, self.wgt_sem = sem.protocol, sem.wgt_sem
+        self.protocol, self.wgt_sem, self.sampler_name = sem.protocol, sem.wgt_sem, sem.sampler
         self.description = f"Semantic-NeRF ({self.protocol})"
         dev = renderer.device
         self.heads = (SemanticHead(renderer.coarse.W, num_classes).to(dev),
@@ -80,11 +83,15 @@ class SemanticObjective(PlainObjective):
         return self.heads
 
     def sampler(self, cameras, rgb, device, frames=None, seed=None):
-        if self.protocol != "finetune":
+        """--semantic_sampler: frame (Semantic-NeRF's), pooled (the plain trainer's), labelled."""
+        if self.sampler_name == "pooled":
             return super().sampler(cameras, rgb, device, frames, seed)
         t = self.train_opts
-        return RayBatcher(cameras, rgb, t.n_rays, device, mode="pixels", base_seed=seed, keep_on_cpu=t.load_on_cpu,
-                          pixels=(self.labels_host >= 0).nonzero(as_tuple=True))
+        if self.sampler_name == "labelled":
+            return RayBatcher(cameras, rgb, t.n_rays, device, mode="pixels", base_seed=seed,
+                              keep_on_cpu=t.load_on_cpu, pixels=(self.labels_host >= 0).nonzero(as_tuple=True))
+        return RayBatcher(cameras, rgb, t.n_rays, device, mode="semantic_nerf", base_seed=seed,
+                          keep_on_cpu=t.load_on_cpu)
 
     def loss(self, renderer, batch, step, ctx):
         labels = self.labels[batch.frame.to(self.labels.device), batch.v.to(self.labels.device),
@@ -150,16 +157,16 @@ def train_semantic(opts, scene, renderer, rng):
     info = dict(protocol=sem.protocol, checkpoint=opts.ckpt_path, checkpoint_step=trainer.start - 1
                 if not result else result["final_step"], seeds=seeds.folder_name, seed_dir=opts.seeds.seed_dir,
                 labelled_frames=[int(scene.train.ids[f]) for f in frames], labelled_pixels=labelled)
-    evals = evaluate_semantic(renderer, objective.heads, scene, opts.save_dir, given, instance, opts.test_viz_factor,
-                              info)
+    evals = evaluate_semantic(renderer, objective.heads, scene, opts.save_dir, given, instance,
+                              opts.test_viz_factor, info, split=split_name(opts.data.training_mode))
     metrics = dict(mode="semantic_nerf", protocol=sem.protocol, wgt_sem=sem.wgt_sem,
                    label_space="instance" if instance else "semantic", seeds=seeds.folder_name,
                    seed_dir=opts.seeds.seed_dir, labelled_frames=info["labelled_frames"], labelled_pixels=labelled,
                    given_classes=[int(c) for c in given], num_classes=num_classes, test_views=len(scene.test),
-                   test_split="frame 0 (--training_mode)" if opts.data.training_mode else "test",
+                   test_split=split_name(opts.data.training_mode), sampler=sem.sampler,
                    checkpoint=opts.ckpt_path, **result)
     for kind, m in evals.items():
-        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS},
+        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS}, views=m["views"],
                                            metrics=os.path.join(opts.save_dir, f"semantic_{kind}", "metrics.json"))
     write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
     if result:

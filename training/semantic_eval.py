@@ -23,7 +23,7 @@ import torch
 from models.render_views import render_chunk_size
 from models.semantic import point_vote_labels, predict_labels
 from utils.label_outputs import (class_names, finish_metrics, scaled_labels, seed_class_confusion, summary_line,
-                                 valid_colour_map, write_view_outputs)
+                                 valid_colour_map, view_set, write_view_outputs)
 
 KINDS = ("2d", "3d")
 
@@ -48,7 +48,8 @@ def label_views(renderer, heads, cameras, chunk=None):
     return labels["2d"], labels["3d"]
 
 
-def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, test_viz_factor=1, info=None):
+def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, test_viz_factor=1, info=None,
+                      split="test"):
     """Label every test view in 2D and 3D, write <save_dir>/semantic_2d and semantic_3d (module doc)
     and return {'2d': metrics, '3d': metrics}. given: the seeded classes (evaluation ids); info:
     fields copied into both metrics dicts (protocol, checkpoint, seeds, ...)."""
@@ -91,6 +92,7 @@ def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, t
             given_classes=[int(c) for c in given],
             given_class_names=[names[c] for c in given if 0 <= c < len(names)],
             test_views=int(len(scene.test)), resolution=[cams.height, cams.width], outputs=out_dir,
+            views=view_set(split, scene.test.ids, cams.height, cams.width),
             class_names=names, deterministic=True, device=str(dev),
             timings=dict(test_views_both_readouts=seconds, writing=time.perf_counter() - t1))
         title = f"Semantic-NeRF {kind.upper()}" + (f" ({protocol})" if protocol else "")

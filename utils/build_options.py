@@ -65,13 +65,21 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
         if mode in ("propagate_2d", "propagate_3d") else None
     edit = _edit_options(v, subset_flags) if mode == "perturb_gradient" else None
     semantic = _semantic_options(v, ckpt_path, resume) if mode == "semantic_nerf" else None
+    notes = ()
+    if semantic is not None and data.training_mode:
+        # a comparison is scored on the test split; frame 0 is a training view (and a scene loaded
+        # without its test frames can number its classes differently from the seeds' scene)
+        data = dataclasses.replace(data, training_mode=False)
+        notes += ("--training_mode is ignored by --semantic_nerf: its labels are scored on the scene's test split, "
+                  "as every other method's",)
     if v.is_set("load_saved") and v.is_set("visualise_save"):
         raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
 
     return RunOptions(mode=mode, save_dir=save_dir, data=data, model=model, train=train, ckpt_path=ckpt_path,
                       resume=resume, overwrite=overwrite, seed=seed, gpu=v.get("gpu"),
                       precision=PRECISIONS[v.get("precision")], test_viz_factor=test_viz_factor, shaping=shaping,
-                      seeds=seeds, propagation=propagation, edit=edit, semantic=semantic, config=config)
+                      seeds=seeds, propagation=propagation, edit=edit, semantic=semantic, notes=notes,
+                      config=config)
 
 
 def _depth_range(v):
@@ -205,7 +213,13 @@ def _semantic_options(v, ckpt_path, resume):
     if finetune and not ckpt_path and not resume:
         raise InputError("--semantic_finetune trains semantic heads on a trained NeRF, frozen: give its checkpoint "
                          "with --ckpt_path (e.g. a plain NeRF run's <save_dir>/checkpoints/200000.ckpt)")
-    return SemanticOptions(protocol="finetune" if finetune else "joint", wgt_sem=v.get("wgt_sem"))
+    sampler = v.get("semantic_sampler")
+    if sampler != "pooled":
+        moved = [f for f in ("no_batching", "sample_fixed", "from_unmasked_only") if v.is_set(f)]
+        if moved:
+            raise InputError(f"--{moved[0]} chooses the plain trainer's rays; the baseline draws them with "
+                             f"--semantic_sampler {sampler}: add --semantic_sampler pooled to use it")
+    return SemanticOptions(protocol="finetune" if finetune else "joint", wgt_sem=v.get("wgt_sem"), sampler=sampler)
 
 
 def _require_rgb_layer(v, mode, subset_flags):

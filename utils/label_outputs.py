@@ -17,6 +17,7 @@ plus `vis_label<sfx>.mp4`. sfx = '' for the result, '_wo' for the plain argmax w
 aggregator was trained. PNGs are written by a thread pool after the timed propagation.
 docs/PROPAGATION.md, decision 16, lists how the original's files differ.
 """
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +122,21 @@ def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, 
         if write_video(path, vis_frames):
             written.append(path)
     return written
+
+
+def split_name(training_mode):
+    """The test split a run of --training_mode (or not) scores on."""
+    return "frame 0 (--training_mode)" if training_mode else "test"
+
+
+def view_set(split, ids, height, width):
+    """What a metrics file was scored on (its `views` entry): the split, the view ids, their count,
+    and a digest of the ids and the label-map size. Two numbers are only comparable when their
+    digests are equal (the runner's and propagation.compare's tables refuse to mix them)."""
+    ids = [int(i) for i in ids]
+    text = f"{','.join(map(str, ids))}@{int(height)}x{int(width)}"
+    return dict(split=split, ids=ids, count=len(ids), resolution=[int(height), int(width)],
+                digest=hashlib.sha1(text.encode()).hexdigest()[:16])
 
 
 def finish_metrics(save_dir, metrics, wo=None, names=None, title="propagation"):

@@ -190,6 +190,10 @@ OPTIONS = option_table(
          "--ckpt_path (implies --semantic_nerf)", "semantic"),
     _new("wgt_sem", float, 4e-2, "weight of the label cross-entropy (Semantic-NeRF's Replica weight, "
          "models.semantic.WGT_SEM)", "semantic", positive=True),
+    _new("semantic_sampler", str, "frame", "the baseline's training rays: frame = Semantic-NeRF's own sampler (one "
+         "random training frame per step, N_rays pixels of it drawn with replacement); pooled = the plain trainer's "
+         "(all pixels of all frames, or --no_batching etc.); labelled = only the labelled pixels (the fine-tune "
+         "protocol's earlier sampler)", "semantic", choices=("frame", "pooled", "labelled")),
 
     # scene editing
     _flag("perturb_gradient", B, False, "edit the scene along --N_rays pixels' gradients", "editing"),

@@ -159,6 +159,7 @@ class SemanticOptions:
     its seeds and label space (--test_instance) are RunOptions.seeds."""
     protocol: str = "joint"               # joint: NeRF + heads from scratch; finetune: heads on a frozen --ckpt_path
     wgt_sem: float = declared("wgt_sem")  # weight of the label cross-entropy (coarse + fine)
+    sampler: str = declared("semantic_sampler")   # frame (Semantic-NeRF's) | pooled | labelled
 
 
 @dataclass(frozen=True)
@@ -180,4 +181,5 @@ class RunOptions:
     propagation: Optional[PropagationOptions] = None
     edit: Optional[EditOptions] = None
     semantic: Optional[SemanticOptions] = None
+    notes: Tuple[str, ...] = ()           # lines main.py prints at start (an option the mode ignores, ...)
     config: Mapping = field(default_factory=dict, compare=False, repr=False)   # the resolved YAML
