@@ -36,6 +36,7 @@ from models.checkpoints import (EXTRA_KEY, checkpoint_data, checkpoint_path, nam
                                 prune_checkpoints, restore_checkpoint)
 from models.render_views import render_views
 from training.ckpt_writer import CheckpointWriter, host_copy
+from training.fine_tune import LR_OFFSET_KEY, restore_adam_state, schedule_offset
 from training.graphs import FastStep, fast_step_reason
 from training.loss_scale import LossScaler
 from training.objectives import EAGER, TOTAL_LOSS, PlainObjective, finish_logs
@@ -135,6 +136,8 @@ class Trainer:
         self.log = log
         self.logger = None   # created by fit(), so a run that fails while loading writes no events
         self.start = 0
+        self.lr_offset = 0      # the schedule's step offset (training/fine_tune.py; --shaping_lr continue)
+        self.fine_tune = None   # how a run from a checkpoint without --resume began (metrics.json)
         self.guard = FiniteGuard(self.device)
         self.last_good = None   # the last checkpoint known to be finite: the loaded one, then each save
         self.final_step = self.n_iters
@@ -145,8 +148,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
-        """Load weights (and the objective's part); with `resume` also the optimizer, step and
-        sampler/random state."""
+        """Load weights (and the objective's part); with `resume` also the optimizer, step, schedule
+        offset and sampler/random state; without it the run starts at step 0 (`begin_from`)."""
         data = restore_checkpoint(ckpt_path, self.renderer, self.optimizer if resume else None)
         self.objective.restore(ckpt_path, data, resume)
         self.last_good = ckpt_path
@@ -157,17 +160,42 @@ class Trainer:
             self.scaler.load_state_dict(extra["loss_scale"])
         if resume:
             self.start = int(data["global_step"]) + 1
+            self.lr_offset = int(extra.get(LR_OFFSET_KEY, 0))
             if "batcher" in extra:
                 self.batcher.load_state_dict(extra["batcher"])
             if "rng" in extra:
                 set_rng_state(extra["rng"])
+        else:
+            self.fine_tune = self.begin_from(ckpt_path, data, extra)
         return data
+
+    def begin_from(self, path, data, extra):
+        """Step 0 of a run from checkpoint `data` without --resume (training/fine_tune.py): the
+        objective's `lr_schedule` ('restart': --lrate, the original's; 'continue': the checkpoint's
+        schedule goes on) and `optimizer_state` ('fresh', the original's; 'restore': the checkpoint's
+        Adam moments and step counters). Prints and returns what it did."""
+        schedule, adam = self.objective.lr_schedule, self.objective.optimizer_state
+        if schedule == "continue":
+            self.lr_offset = schedule_offset(data, extra)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(-1)          # the rate the checkpoint's last step set
+        restored = restore_adam_state(path, data, self.optimizer, self.renderer) if adam == "restore" else 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        info = dict(checkpoint=path, checkpoint_step=int(data["global_step"]), lr_schedule=schedule,
+                    optimizer_state=adam, lr_step_offset=self.lr_offset, initial_lr=lr, restored_tensors=restored)
+        print(f"[jnerf] from {path} (step {info['checkpoint_step']}): step 0 at learning rate {lr:.4g} "
+              + ("(the checkpoint's schedule continued)" if schedule == "continue" else "(--lrate, a new schedule)")
+              + (f", the checkpoint's Adam state ({restored} tensors)" if adam == "restore" else ", a fresh Adam"),
+              flush=True)
+        return info
 
     def extra_state(self):
         """The checkpoint's `jnerf_state`: ray-stream position, random states, the objective's state,
         the loss scale."""
         extra = {"batcher": self.batcher.state_dict(), "rng": rng_state()}
         extra.update(self.objective.extra_state())
+        if self.lr_offset:
+            extra[LR_OFFSET_KEY] = self.lr_offset
         if self.scaler is not None:
             extra["loss_scale"] = self.scaler.state_dict()
         return extra
@@ -221,8 +249,9 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def learning_rate(self, step):
-        """lr after step `step`: lrate * 0.1^(step / lrate_decay) (the original's schedule)."""
-        return self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
+        """lr after step `step`: lrate * 0.1^((step + lr_offset) / lrate_decay) (the original's schedule;
+        lr_offset 0 unless --shaping_lr continue)."""
+        return self.opts.lrate * (0.1 ** ((step + self.lr_offset) / self.opts.lrate_decay))
 
     def apply_update(self, loss, step):
         """Backward, one Adam step, then the learning rate of the next step. With a loss scale the
