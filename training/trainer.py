@@ -187,6 +187,12 @@ class Trainer:
               + ("(the checkpoint's schedule continued)" if schedule == "continue" else "(--lrate, a new schedule)")
               + (f", the checkpoint's Adam state ({restored} tensors)" if adam == "restore" else ", a fresh Adam"),
               flush=True)
+        groups = (data.get("optimizer_state_dict") or {}).get("param_groups") or [{}]
+        reached = groups[0].get("lr")
+        if schedule == "continue" and reached is not None and not math.isclose(reached, lr, rel_tol=1e-6):
+            print(f"[jnerf] note: the checkpoint's run had reached learning rate {reached:.4g}; this run continues "
+                  f"the schedule of its own --lrate {self.opts.lrate:g} and --lrate_decay {self.opts.lrate_decay:g}",
+                  flush=True)
         return info
 
     def extra_state(self):
