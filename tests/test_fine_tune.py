@@ -11,11 +11,11 @@ import torch
 
 from datasets.registry import load_scene
 from main import parse_options
-from models.checkpoints import checkpoint_data, load_checkpoint
+from models.checkpoints import checkpoint_data, load_checkpoint, write_checkpoint
 from models.factory import build_renderer
 from tests.cli_helpers import run_main, write_config
 from tests.test_checkpoints import full_options, original_style_checkpoint
-from training.fine_tune import LR_OFFSET_KEY, parameter_names, restore_adam_state
+from training.fine_tune import LR_SCHEDULE_KEY, parameter_names, restore_adam_state
 from training.objectives import nerf_parameters
 from training.shaping import ShapingObjective, build_shaper
 from training.trainer import Trainer, build_optimizer
@@ -93,13 +93,32 @@ def test_continued_schedule_runs_each_step_at_the_rate_of_the_plain_run(tmp_path
     # step s of the shaping runs as step P + 1 + s of the plain run would: lrate * 0.1^((P + s) / decay)
     assert got == pytest.approx([LRATE * 0.1 ** ((P + s) / DECAY) for s in range(5)], rel=1e-12)
     assert got[0] == pytest.approx(reached, rel=1e-12)
-    assert cont.fine_tune["initial_lr"] == got[0] and cont.fine_tune["lr_step_offset"] == P + 1
+    assert cont.fine_tune["initial_lr"] == got[0] and cont.fine_tune["initial_lr_from"] == "checkpoint"
     assert len(cont.optimizer.state) and all(float(s["step"]) == 5 for s in cont.optimizer.state.values())  # fresh
 
     restart = shaping_trainer(tmp_path, scene_dir, ckpt, name="restart")        # the original's
     got = rates_of_steps(restart, range(5))
     assert got == pytest.approx([LRATE] + [LRATE * 0.1 ** ((s - 1) / DECAY) for s in range(1, 5)], rel=1e-12)
-    assert restart.fine_tune["lr_schedule"] == "restart" and restart.lr_offset == 0
+    assert restart.fine_tune["lr_schedule"] == "restart" and (restart.lr_base, restart.lr_offset) == (LRATE, 0)
+
+
+def test_continue_starts_where_a_plain_run_on_another_schedule_stopped(tmp_path, scene_dir, one_thread):
+    """The plain run decays 10x in 5 steps, the shaping in DECAY: the shaping starts at the rate the
+    plain run reached and decays at its own pace. A checkpoint without optimizer state: the formula."""
+    ckpt, plain = plain_checkpoint(tmp_path, scene_dir, "--lrate_decay", "5")
+    P = PLAIN_STEPS - 1
+    reached = LRATE * 0.1 ** (P / 5)
+    assert plain.optimizer.param_groups[0]["lr"] == pytest.approx(reached, rel=1e-12)
+    t = shaping_trainer(tmp_path, scene_dir, ckpt, "--shaping_lr", "continue")
+    assert rates_of_steps(t, range(4)) == pytest.approx([reached * 0.1 ** (s / DECAY) for s in range(4)], rel=1e-12)
+    data = load_checkpoint(ckpt)
+    data["optimizer_state_dict"] = {}
+    weights_only = str(tmp_path / "weights.ckpt")
+    write_checkpoint(weights_only, data)
+    t = shaping_trainer(tmp_path, scene_dir, weights_only, "--shaping_lr", "continue", name="w")
+    assert t.fine_tune["initial_lr_from"] == "formula"
+    assert rates_of_steps(t, range(3)) == pytest.approx([LRATE * 0.1 ** ((P + s) / DECAY) for s in range(3)],
+                                                        rel=1e-12)
 
 
 def test_resume_and_a_second_fine_tune_keep_the_continued_schedule(tmp_path, scene_dir, one_thread):
@@ -108,9 +127,9 @@ def test_resume_and_a_second_fine_tune_keep_the_continued_schedule(tmp_path, sce
     a = shaping_trainer(tmp_path, scene_dir, ckpt, "--shaping_lr", "continue", name="a")
     rates_of_steps(a, range(3))
     saved = a.save(2)
-    assert load_checkpoint(saved)["jnerf_state"][LR_OFFSET_KEY] == P + 1
+    assert load_checkpoint(saved)["jnerf_state"][LR_SCHEDULE_KEY] == dict(base=a.lr_base, offset=1)
     b = shaping_trainer(tmp_path, scene_dir, saved, "--shaping_lr", "continue", name="b", resume=True)
-    assert b.start == 3 and b.lr_offset == P + 1
+    assert b.start == 3 and (b.lr_base, b.lr_offset) == (a.lr_base, 1)
     assert rates_of_steps(b, [3, 4]) == pytest.approx([LRATE * 0.1 ** ((P + s) / DECAY) for s in (3, 4)], rel=1e-12)
     # a new fine-tune continuing from the shaped checkpoint goes on from its position (P + 1 + 2)
     c = shaping_trainer(tmp_path, scene_dir, saved, "--shaping_lr", "continue", name="c")
@@ -235,11 +254,11 @@ def test_cli_defaults_write_the_originals_checkpoints_and_the_options_report_the
         assert rc == 0, err
     blobs = {n: (tmp_path / n / "checkpoints" / "000003.ckpt").read_bytes() for n in runs}
     assert blobs["default"] == blobs["explicit"] != blobs["keep"]
-    assert LR_OFFSET_KEY not in load_checkpoint(str(tmp_path / "default" / "checkpoints" / "000003.ckpt"))["jnerf_state"]
+    assert LR_SCHEDULE_KEY not in load_checkpoint(str(tmp_path / "default" / "checkpoints" / "000003.ckpt"))["jnerf_state"]
     assert "learning rate 0.0005 (--lrate, a new schedule), a fresh Adam" in out["default"]
-    assert "(the checkpoint's schedule continued), the checkpoint's Adam state" in out["keep"]
+    assert "(the rate the checkpoint's run had reached), the checkpoint's Adam state" in out["keep"]
     keep = json.load(open(tmp_path / "keep" / "metrics.json"))["fine_tune"]
-    assert keep["checkpoint_step"] == 3 and keep["lr_step_offset"] == 4
+    assert keep["checkpoint_step"] == 3 and keep["initial_lr_from"] == "checkpoint"
     assert math.isclose(keep["initial_lr"], 5e-4 * 0.1 ** (3 / 250e3), rel_tol=1e-12)
     default = json.load(open(tmp_path / "default" / "metrics.json"))["fine_tune"]
     assert (default["lr_schedule"], default["optimizer_state"], default["initial_lr"]) == ("restart", "fresh", 5e-4)

@@ -51,7 +51,11 @@ def test_every_variant_is_the_papers_command_from_its_seeds_plain_checkpoint(tmp
             assert argv[argv.index("--seed") + 1] == str(seed)
             opts = parse_options(argv)[1]
             assert opts.train.n_iters == 10000 and opts.train.n_rays == 64 and opts.model.netwidth == 256
+            assert opts.train.lrate_decay == 250000 and opts.train.lrate == 5e-4      # the paper's shaping
             assert {k: getattr(opts.shaping, k) for k in fields} == fields, name
+        opts = parse_options(by_dir[plain].stage.argv)[1]        # the original's schedule, 10x compressed
+        assert (opts.train.n_iters, opts.train.n_rays, opts.train.lrate_decay) == (20000, 1024, 25000)
+        assert opts.precision.name == "mixed" and (opts.model.n_samples, opts.model.n_importance) == (64, 128)
         props = [j for j in jobs if j.stage.kind == "propagate" and f"seed_{seed}" in j.stage.save_dir]
         assert len(props) == 2 * rows
         assert {j.stage.argv[j.stage.argv.index("--seed_dir") + 1] for j in props} == \

@@ -5,11 +5,16 @@ picture").
 The original starts such a run (the paper's shaping fine-tune) at step 0 with a fresh Adam at the
 full --lrate: `restart` and `fresh`, the defaults. The alternatives:
 
-- `continue`: the schedule of the run that wrote the checkpoint goes on. That run's step P set the
-  learning rate lrate * 0.1^(P / lrate_decay) after its update; the new run's step s runs at
-  lrate * 0.1^((P + s) / lrate_decay), as step P + 1 + s of the old run would. The trainer counts
-  steps from 0 with a schedule offset P + 1 (`Trainer.lr_offset`), saved in the checkpoints of such a
-  run (`jnerf_state.lr_step_offset`) so that --resume, and a further `continue` from them, keep it.
+- `continue`: the run goes on from the learning rate the checkpoint's run had reached (the rate
+  in its optimizer state: after its last step P, lrate * 0.1^(P / lrate_decay)) and decays it with
+  this run's --lrate_decay: step s runs at reached * 0.1^(s / lrate_decay). With the same --lrate
+  and --lrate_decay as the plain run this is lrate * 0.1^((P + s) / lrate_decay), the rate of step
+  P + 1 + s of the plain run continued; a plain run on another schedule (e.g. a short run with a
+  faster decay) is continued from where it actually stopped. A checkpoint without optimizer state
+  gives the formula with this run's flags. The trainer holds the schedule as a base rate and a step
+  offset (`Trainer.lr_base`, `lr_offset`: lr after step s = base * 0.1^((s + offset) / lrate_decay);
+  the original's is --lrate and 0), saved in the checkpoints of such a run (`jnerf_state.lr_schedule`)
+  so that --resume keeps it.
 - `restore`: Adam's per-parameter state (the moments exp_avg, exp_avg_sq and the step counters)
   is loaded from the checkpoint's optimizer_state_dict; the learning rate and the other
   hyperparameters stay this run's. The checkpoint's parameters are the coarse then the fine
@@ -20,15 +25,16 @@ full --lrate: `restart` and `fresh`, the defaults. The alternatives:
 from training.objectives import nerf_parameters
 from utils.errors import InputError
 
-LR_OFFSET_KEY = "lr_step_offset"        # in jnerf_state; absent means 0 (the checkpoints stay the original's)
-LR_SCHEDULES = ("restart", "continue")
-OPTIMIZER_STATES = ("fresh", "restore")
+LR_SCHEDULE_KEY = "lr_schedule"        # in jnerf_state: {base, offset}; absent = the original's (the checkpoints stay its)
 
 
-def schedule_offset(data, extra):
-    """The schedule offset of a run that continues the schedule of checkpoint `data` (its jnerf_state
-    `extra`): the checkpoint's own offset + its step + 1."""
-    return int(extra.get(LR_OFFSET_KEY, 0)) + int(data["global_step"]) + 1
+def reached_rate(data, lrate, lrate_decay):
+    """(learning rate, where from) that checkpoint `data`'s run had reached after its last step: the
+    rate in its optimizer state ('checkpoint'), else lrate * 0.1^(step / lrate_decay) ('formula')."""
+    groups = (data.get("optimizer_state_dict") or {}).get("param_groups") or []
+    if groups and isinstance(groups[0].get("lr"), (int, float)):
+        return float(groups[0]["lr"]), "checkpoint"
+    return lrate * (0.1 ** (int(data["global_step"]) / lrate_decay)), "formula"
 
 
 def parameter_names(renderer, fix_density):
