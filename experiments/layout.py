@@ -1,8 +1,8 @@
 """Names and folders of a reproduction run (experiments/reproduce.py), shared with its tables
 (experiments/results.py):
 
-    <out_dir>/<scene>/config.yaml, plain/, jnerf/, seeds/
-    <out_dir>/<scene>/<label space>/<regime>/propagate_<dim>_<plain|jnerf>/metrics.json
+    <out_dir>/<scene>/config.yaml, plain/, jnerf/, jnerf_keep/, seeds/
+    <out_dir>/<scene>/<label space>/<regime>/propagate_<dim>_<plain|jnerf|jnerf_keep>/metrics.json
     <out_dir>/<scene>/<label space>/<regime>/semantic_<joint|finetune>/semantic_<dim>/metrics.json
     <out_dir>/results.md, results.json, miou_vs_sparsity.png, timings/process_<i>.json
 """
@@ -10,7 +10,13 @@ import os
 import re
 
 METHODS = {"plain": "plain NeRF", "jnerf": "JacobiNeRF", "semantic_joint": "Semantic-NeRF (joint)",
-           "semantic_finetune": "Semantic-NeRF (fine-tune)"}
+           "semantic_finetune": "Semantic-NeRF (fine-tune)",
+           "jnerf_keep": "JacobiNeRF (lr continued, Adam restored)"}
+DEFAULT_METHODS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")   # a plan without `methods`
+# Jacobi shaping from the plain checkpoint, propagated like it. jnerf_keep is the jnerf stage with the
+# options that keep the picture (docs/SHAPING.md) unless the plan gives its stage
+SHAPING_METHODS = ("jnerf", "jnerf_keep")
+KEEP_FLAGS = ("--shaping_lr", "continue", "--shaping_optimizer", "restore")
 LABEL_SPACES, DIMS = ("semantic", "instance"), ("2d", "3d")
 METRIC_NAMES = {"miou": "mIoU", "miou_validclass": "mIoU (valid)", "total_accuracy": "acc",
                 "class_average_accuracy": "class acc", "class_average_accuracy_validclass": "class acc (valid)"}
@@ -36,6 +42,6 @@ def regime_dir(out_dir, scene_name, space, regime_name):
 def cell_metrics(out_dir, scene_name, space, regime_name, method, dim):
     """The metrics.json of one table cell (method in METHODS, dim '2d' | '3d')."""
     base = regime_dir(out_dir, scene_name, space, regime_name)
-    if method in ("plain", "jnerf"):
+    if method == "plain" or method in SHAPING_METHODS:
         return os.path.join(base, f"propagate_{dim}_{method}", "metrics.json")
     return os.path.join(base, method, f"semantic_{dim}", "metrics.json")

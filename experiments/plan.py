@@ -7,13 +7,13 @@ from typing import List, Optional
 
 import yaml
 
-from experiments.layout import DIMS, LABEL_SPACES, METHODS
+from experiments.layout import DEFAULT_METHODS, DIMS, KEEP_FLAGS, LABEL_SPACES, METHODS
 from experiments.layout import slug as _slug
 from utils.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_METRICS = ("miou", "total_accuracy", "class_average_accuracy")
-TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")
+TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune", "jnerf_keep")
 
 
 @dataclass
@@ -90,10 +90,15 @@ def load_plan(path, out_dir=None, data_root=None):
         raise InputError(f"{path}: expected a mapping of keys (name, scenes, stages, regimes, ...)")
     name = str(raw.get("name") or os.path.splitext(os.path.basename(path))[0])
     out = out_dir or raw.get("out_dir") or os.path.join("runs", f"reproduce_{name}")
-    methods = _choices(raw.get("methods") or list(METHODS), METHODS, f"{path}: methods")
+    methods = _choices(raw.get("methods") or list(DEFAULT_METHODS), METHODS, f"{path}: methods")
     spaces = _choices(raw.get("label_spaces") or ["semantic"], LABEL_SPACES, f"{path}: label_spaces")
     dims = _choices(raw.get("dims") or list(DIMS), DIMS, f"{path}: dims")
     stages = raw.get("stages") or {}
+    if "jnerf_keep" in methods and "jnerf_keep" not in stages and isinstance(stages.get("jnerf"), dict):
+        # the paper's shaping stage with the options that keep the picture (docs/SHAPING.md)
+        stages = dict(stages, jnerf_keep=dict(stages["jnerf"], flags=_strs(stages["jnerf"].get("flags"),
+                                                                           f"{path}: stages.jnerf.flags")
+                                              + list(KEEP_FLAGS)))
     for kind in ("plain",) + tuple(m for m in methods if m != "plain"):
         st = stages.get(kind)
         if not isinstance(st, dict) or "N_iters" not in st:

@@ -35,7 +35,7 @@ from utils.image_io import read_label_png, write_png
 
 MEAN = "mean"
 COLOURS = {"plain": (120, 120, 120), "jnerf": (214, 39, 40), "semantic_joint": (31, 119, 180),
-           "semantic_finetune": (44, 160, 44)}
+           "semantic_finetune": (44, 160, 44), "jnerf_keep": (255, 127, 14)}
 
 
 def _read(path):

@@ -21,7 +21,7 @@ import yaml
 import main as jnerf_main
 from datasets.seeds import seed_folder_name
 from datasets.synthetic import generate_scene, scene_complete
-from experiments.layout import DIMS, METHODS, cell_metrics, regime_dir, scene_dir, seed_dir
+from experiments.layout import DIMS, METHODS, SHAPING_METHODS, cell_metrics, regime_dir, scene_dir, seed_dir
 from experiments.layout import slug as _slug
 from experiments.plan import TRAINING_KINDS
 from models.checkpoints import latest_checkpoint
@@ -38,7 +38,7 @@ def started_path(save_dir):
 
 @dataclass
 class Stage:
-    kind: str                             # plain | jnerf | propagate | semantic_joint | semantic_finetune
+    kind: str                             # plain | jnerf | jnerf_keep | propagate | semantic_joint | semantic_finetune
     title: str
     save_dir: str
     argv: List[str]                       # the main.py command without run-control flags
@@ -82,14 +82,14 @@ def scene_stages(plan, scene, config):
                         common + ["--save_dir", plain_dir, "--N_iters", str(st["plain"]["N_iters"])] + st["plain"]["flags"],
                         [plain_ckpt, os.path.join(plain_dir, "metrics.json")], config, steps=st["plain"]["N_iters"]))
     ckpts = {"plain": plain_ckpt}
-    if "jnerf" in plan.methods:
-        d = os.path.join(root, "jnerf")
-        ckpts["jnerf"] = _final_ckpt(d, st["jnerf"]["N_iters"])
-        stages.append(Stage("jnerf", f"{scene.name}: Jacobi shaping (JacobiNeRF)", d,
+    for method in (m for m in SHAPING_METHODS if m in plan.methods):
+        d = os.path.join(root, method)
+        ckpts[method] = _final_ckpt(d, st[method]["N_iters"])
+        stages.append(Stage(method, f"{scene.name}: Jacobi shaping ({METHODS[method]})", d,
                             common + ["--save_dir", d, "--ckpt_path", plain_ckpt, "--N_iters",
-                                      str(st["jnerf"]["N_iters"])] + st["jnerf"]["flags"],
-                            [ckpts["jnerf"], os.path.join(d, "metrics.json")], config, deps=[plain_dir],
-                            steps=st["jnerf"]["N_iters"]))
+                                      str(st[method]["N_iters"])] + st[method]["flags"],
+                            [ckpts[method], os.path.join(d, "metrics.json")], config, deps=[plain_dir],
+                            steps=st[method]["N_iters"]))
     prop_flags = st.get("propagate", {}).get("flags", [])
     for space in scene.label_spaces:
         space_flags = ["--test_instance"] if space == "instance" else []
@@ -98,7 +98,7 @@ def scene_stages(plan, scene, config):
             seeded = common + regime.flags + space_flags + ["--seed_dir", seeds]
             for method in plan.methods:
                 where = f"{scene.name}: {space}, {regime.name}: {METHODS[method]}"
-                if method in ("plain", "jnerf"):
+                if method == "plain" or method in SHAPING_METHODS:
                     for dim in plan.dims:
                         metrics = cell_metrics(plan.out_dir, scene.name, space, regime.name, method, dim)
                         d = os.path.dirname(metrics)

@@ -100,6 +100,9 @@ class PlainObjective:
     label = "training"                     # progress-bar title
     description = "plain NeRF training"
     precisions = tuple(PRECISIONS)         # --precision modes it trains in
+    # a run from a checkpoint without --resume (training/fine_tune.py): the original's restart
+    lr_schedule = "restart"                # restart | continue (the checkpoint's learning-rate schedule)
+    optimizer_state = "fresh"              # fresh | restore (the checkpoint's Adam state)
 
     def __init__(self, train):
         self.train_opts = train            # utils.options.TrainOptions

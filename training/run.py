@@ -7,8 +7,10 @@
 
 metrics.json of a training run: mode ('train' | 'shape'), test_views, test_split, steps,
 seconds (the training loop), final_step, test_psnr (mean of the per-view PSNRs of the final
-test render), test_psnr_per_view, seconds_per_step, and for shaping `shaping`
-(training.shaping.Shaper.summary). Of render_only: mode, checkpoint, step, test_views,
+test render), test_psnr_per_view, seconds_per_step, for shaping `shaping`
+(training.shaping.Shaper.summary), and for a run from --ckpt_path without --resume `fine_tune`
+(its checkpoint step, learning-rate schedule, initial rate and Adam state; training.trainer.
+Trainer.begin_from). Of render_only: mode, checkpoint, step, test_views,
 test_psnr, test_psnr_per_view, seconds.
 
 Departure from the original: `--resume` continues at the checkpoint's step + 1 (with its Adam
@@ -57,6 +59,8 @@ def train(opts, scene, renderer, rng):
     summary = objective.summary()
     if summary is not None:
         metrics["shaping"] = summary
+    if trainer.fine_tune is not None:          # from a checkpoint without --resume: schedule and Adam state
+        metrics["fine_tune"] = trainer.fine_tune
     write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
     print(f"[jnerf] {result['steps']} steps in {result['seconds']:.1f} s; test PSNR {result['test_psnr']:.2f} dB")
     return metrics

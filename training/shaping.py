@@ -272,6 +272,8 @@ class ShapingObjective(PlainObjective):
     def __init__(self, train, shaper):
         super().__init__(train)
         self.shaper = shaper
+        self.lr_schedule = shaper.opts.lr_schedule         # --shaping_lr
+        self.optimizer_state = shaper.opts.optimizer_state   # --shaping_optimizer
 
     def kind(self, step):
         return "shaping" if self.shaper.active(step) else "plain"

@@ -36,6 +36,7 @@ from models.checkpoints import (EXTRA_KEY, checkpoint_data, checkpoint_path, nam
                                 prune_checkpoints, restore_checkpoint)
 from models.render_views import render_views
 from training.ckpt_writer import CheckpointWriter, host_copy
+from training.fine_tune import LR_SCHEDULE_KEY, reached_rate, restore_adam_state
 from training.graphs import FastStep, fast_step_reason
 from training.loss_scale import LossScaler
 from training.objectives import EAGER, TOTAL_LOSS, PlainObjective, finish_logs
@@ -135,6 +136,9 @@ class Trainer:
         self.log = log
         self.logger = None   # created by fit(), so a run that fails while loading writes no events
         self.start = 0
+        # the schedule: lr after step s = lr_base * 0.1^((s + lr_offset) / lrate_decay) (training/fine_tune.py)
+        self.lr_base, self.lr_offset = train.lrate, 0
+        self.fine_tune = None   # how a run from a checkpoint without --resume began (metrics.json)
         self.guard = FiniteGuard(self.device)
         self.last_good = None   # the last checkpoint known to be finite: the loaded one, then each save
         self.final_step = self.n_iters
@@ -145,8 +149,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def restore(self, ckpt_path, resume):
-        """Load weights (and the objective's part); with `resume` also the optimizer, step and
-        sampler/random state."""
+        """Load weights (and the objective's part); with `resume` also the optimizer, step, learning-rate
+        schedule and sampler/random state; without it the run starts at step 0 (`begin_from`)."""
         data = restore_checkpoint(ckpt_path, self.renderer, self.optimizer if resume else None)
         self.objective.restore(ckpt_path, data, resume)
         self.last_good = ckpt_path
@@ -157,17 +161,50 @@ class Trainer:
             self.scaler.load_state_dict(extra["loss_scale"])
         if resume:
             self.start = int(data["global_step"]) + 1
+            if LR_SCHEDULE_KEY in extra:
+                self.lr_base = float(extra[LR_SCHEDULE_KEY]["base"])
+                self.lr_offset = int(extra[LR_SCHEDULE_KEY]["offset"])
             if "batcher" in extra:
                 self.batcher.load_state_dict(extra["batcher"])
             if "rng" in extra:
                 set_rng_state(extra["rng"])
+        else:
+            self.fine_tune = self.begin_from(ckpt_path, data, extra)
         return data
+
+    def begin_from(self, path, data, extra):
+        """Step 0 of a run from checkpoint `data` without --resume (training/fine_tune.py): the
+        objective's `lr_schedule` ('restart': --lrate, the original's; 'continue': from the rate the
+        checkpoint's run had reached, decayed by this run's --lrate_decay) and `optimizer_state` ('fresh',
+        the original's; 'restore': the checkpoint's Adam moments and step counters). Prints and
+        returns what it did."""
+        schedule, adam = self.objective.lr_schedule, self.objective.optimizer_state
+        source = None
+        if schedule == "continue":               # from the rate reached, decayed by this run's lrate_decay
+            self.lr_base, source = reached_rate(data, self.opts.lrate, self.opts.lrate_decay)
+            self.lr_offset = 1
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_base
+        restored = restore_adam_state(path, data, self.optimizer, self.renderer) if adam == "restore" else 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        info = dict(checkpoint=path, checkpoint_step=int(data["global_step"]), lr_schedule=schedule,
+                    optimizer_state=adam, initial_lr=lr, initial_lr_from=source or "--lrate",
+                    restored_tensors=restored)
+        print(f"[jnerf] from {path} (step {info['checkpoint_step']}): step 0 at learning rate {lr:.4g} "
+              + ("(the rate the checkpoint's run had reached" + (")" if source == "checkpoint" else
+                                                                  ": its step by this run's schedule)")
+                 if schedule == "continue" else "(--lrate, a new schedule)")
+              + (f", the checkpoint's Adam state ({restored} tensors)" if adam == "restore" else ", a fresh Adam"),
+              flush=True)
+        return info
 
     def extra_state(self):
         """The checkpoint's `jnerf_state`: ray-stream position, random states, the objective's state,
         the loss scale."""
         extra = {"batcher": self.batcher.state_dict(), "rng": rng_state()}
         extra.update(self.objective.extra_state())
+        if self.lr_offset or self.lr_base != self.opts.lrate:
+            extra[LR_SCHEDULE_KEY] = {"base": self.lr_base, "offset": self.lr_offset}
         if self.scaler is not None:
             extra["loss_scale"] = self.scaler.state_dict()
         return extra
@@ -221,8 +258,9 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def learning_rate(self, step):
-        """lr after step `step`: lrate * 0.1^(step / lrate_decay) (the original's schedule)."""
-        return self.opts.lrate * (0.1 ** (step / self.opts.lrate_decay))
+        """lr after step `step`: lr_base * 0.1^((step + lr_offset) / lrate_decay); the original's schedule
+        (lr_base = lrate, lr_offset 0) unless --shaping_lr continue (training/fine_tune.py)."""
+        return self.lr_base * (0.1 ** ((step + self.lr_offset) / self.opts.lrate_decay))
 
     def apply_update(self, loss, step):
         """Backward, one Adam step, then the learning rate of the next step. With a loss scale the

@@ -52,6 +52,8 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
         raise InputError("--gt_feature_sim needs descriptors: add --load_dino (or --load_lseg)")
     model = _model_options(v)
     shaping = _shaping_options(v, subset_flags) if mode == "shape" else None
+    if shaping is not None and not ckpt_path and not resume:
+        _check_fine_tune(shaping)
     train = _train_options(v, trains, shaping)
     test_viz_factor = v.get("test_viz_factor")
     if data.height // test_viz_factor < 1 or data.width // test_viz_factor < 1:
@@ -198,7 +200,17 @@ def _shaping_options(v, subset_flags):
         norm_loss=v.get("gradient_norm_loss") or v.get("nce_dot_product"),
         random_channel=v.get("random_channel"), concat_color=v.get("concat_color"),
         spatial="embedding" if v.is_set("spatial_embedding") else "xyz" if v.is_set("spatial") else None,
-        render_nocs=v.get("render_nocs"), unmasked=unmasked)
+        render_nocs=v.get("render_nocs"), unmasked=unmasked, lr_schedule=v.get("shaping_lr"),
+        optimizer_state=v.get("shaping_optimizer"))
+
+
+def _check_fine_tune(shaping):
+    """Shaping from scratch (no --ckpt_path) has no schedule or Adam state to continue."""
+    for flag, value, default in (("shaping_lr", shaping.lr_schedule, "restart"),
+                                 ("shaping_optimizer", shaping.optimizer_state, "fresh")):
+        if value != default:
+            raise InputError(f"--{flag} {value} takes the schedule and the optimizer state of --ckpt_path (the "
+                             "plain NeRF's checkpoint); give it, or drop the flag")
 
 
 def _seed_options(v, save_dir, seed):

@@ -147,6 +147,13 @@ OPTIONS = option_table(
     _flag("from_unmasked_only", B, False, "rays only from frames that keep labels", "shaping"),
     _flag("random_channel", B, False, "Jacobian of one random colour channel instead of the channel mean (shaping "
           "and propagation)", "shaping"),
+    _new("shaping_lr", str, "restart", "learning rate of shaping from --ckpt_path: restart = --lrate at step 0 (the "
+         "original's); continue = from the rate the checkpoint's run had reached, decayed by --lrate_decay (from a "
+         "checkpoint of step P on the same flags: step s at lrate * 0.1^((P + s) / lrate_decay); docs/SHAPING.md)",
+         "shaping", choices=("restart", "continue")),
+    _new("shaping_optimizer", str, "fresh", "Adam state of shaping from --ckpt_path: fresh (the original's) or "
+         "restore = the checkpoint's moments and step counters (docs/SHAPING.md)", "shaping",
+         choices=("fresh", "restore")),
 
     # seeds
     _new("seed_dir", str, None, "folder of saved seeds (None: <save_dir>/seeds)", "seeds"),

@@ -103,6 +103,8 @@ class ShapingOptions:
     spatial: Optional[str] = None                      # None | xyz (--spatial) | embedding (--spatial_embedding)
     render_nocs: bool = declared("render_nocs")        # NOCS similarity as an extra positive condition
     unmasked: bool = False                             # draw rays only from frames that keep labels (2 flags)
+    lr_schedule: str = declared("shaping_lr")          # from --ckpt_path: restart (the original's) | continue its schedule
+    optimizer_state: str = declared("shaping_optimizer")   # from --ckpt_path: fresh (the original's) | restore its Adam state
 
 
 @dataclass(frozen=True)
