@@ -73,6 +73,9 @@ VARIANTS = {
                     "the plain run: its schedule and its Adam state"),
     "keep_photometric": Variant("lr continued + Adam restored, no shaping terms", KEEP_FLAGS + NO_TERMS,
                                 "the floor of `keep`: its fine-tune without the shaping terms"),
+    "restore_low_lr": Variant("Adam restored, lr 2e-5", ("--shaping_optimizer", "restore", "--lrate", "2e-5"),
+                              "a learning-rate choice: the restart at a quarter of the rate the plain run ended "
+                              "at, from its Adam state"),
 }
 
 SIZE_KEYS = {"frames": int, "width": int, "height": int, "netdepth": int, "netwidth": int, "N_samples": int,
