@@ -25,8 +25,9 @@ from propagation.run import propagate
 from training.run import render_only, train
 from training.semantic import train_semantic
 from utils.build_options import build_options
-from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
-from utils.declarations import Option, option_table
+from utils.config import (build_parser, given_flags, load_yaml_config, merge_flags, save_resolved_config,
+                          shadowed_keys, shadowed_note)
+from utils.declarations import Option, check_config_keys, option_table
 from utils.errors import InputError, run_cli
 from utils.modes import Mode
 from utils.option_table import OPTIONS
@@ -68,19 +69,27 @@ def parser():
     return build_parser(options())
 
 
-def options_from_config(config):
-    """RunOptions of a merged config (every value validated)."""
+def options_from_config(config, given=None):
+    """RunOptions of a merged config (every value validated); given: the flags given explicitly."""
     return build_options(config, options(), MODES, subset_flags(), tuple(DIRECTION_RULES),
-                         {name: loader.options for name, loader in LOADERS.items()})
+                         {name: loader.options for name, loader in LOADERS.items()}, given)
 
 
-def parse_options(argv=None):
-    """(parsed args, RunOptions or None for --demo): the whole flag path of main.py."""
-    args = parser().parse_args(argv)
+def parse_options(argv=None, notes=None):
+    """(parsed args, RunOptions or None for --demo): the whole flag path of main.py. The YAML's keys
+    are checked (an unknown or misplaced key stops with its name); `notes` (a list) receives the
+    warning line of YAML keys that flag defaults override (the original's merge rule, kept)."""
+    p = parser()
+    args = p.parse_args(argv)
     if args.demo:
         return args, None
-    config = merge_flags(load_yaml_config(args.config_file), args)
-    return args, options_from_config(config)
+    given = given_flags(p, sys.argv[1:] if argv is None else argv)
+    yaml_config = load_yaml_config(args.config_file)
+    check_config_keys(yaml_config, options(), f"--config_file {args.config_file}")
+    config = merge_flags(yaml_config, args)
+    if notes is not None and (note := shadowed_note(shadowed_keys(yaml_config, config, given))):
+        notes.append(note)
+    return args, options_from_config(config, given)
 
 
 def configure_threads():
@@ -176,9 +185,12 @@ def main(argv=None):
 
 
 def _main(argv):
-    args, opts = parse_options(argv)
+    notes = []
+    args, opts = parse_options(argv, notes)
     if args.demo:
         return run_demo(args)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     try:
         run(opts)
     except RunStopped as exc:

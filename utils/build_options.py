@@ -25,14 +25,17 @@ from utils.precision import PRECISIONS
 
 def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping[str, Mode],
                   subset_flags: Mapping[str, str], rule_flags: Sequence[str],
-                  loaders: Mapping[str, Optional[OptionGroup]]) -> RunOptions:
+                  loaders: Mapping[str, Optional[OptionGroup]], given=None) -> RunOptions:
     """RunOptions of the merged `config`, every value validated.
 
     options: the option table in force (utils.option_table.OPTIONS plus the registries' flags);
     modes: main.MODES; subset_flags: flag -> Jacobian subset name and rule_flags: the direction-rule
-    flags, both in the original's precedence order; loaders: dataset type -> its own OptionGroup.
+    flags, both in the original's precedence order; loaders: dataset type -> its own OptionGroup;
+    given: the flags given on the command line (errors of values from the YAML then name the key).
+    Every value the config holds is checked, also those the chosen mode does not read.
     """
-    v = Values(config, options)
+    v = Values(config, options, given)
+    v.check_all()
     save_dir = v.get("save_dir")
     mode = select_mode(v.is_set, modes)
     trains = modes[mode].trains
@@ -67,6 +70,7 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
     semantic = _semantic_options(v, ckpt_path, resume) if mode == "semantic_nerf" else None
     if v.is_set("load_saved") and v.is_set("visualise_save"):
         raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
+    _check_label_map_ids(v)
 
     return RunOptions(mode=mode, save_dir=save_dir, data=data, model=model, train=train, ckpt_path=ckpt_path,
                       resume=resume, overwrite=overwrite, seed=seed, gpu=v.get("gpu"),
@@ -198,6 +202,20 @@ def _seed_options(v, save_dir, seed):
              "user_click", "num_click", "visualise_save", "load_saved")
     return SeedOptions(seed_dir=v.get("seed_dir") or os.path.join(save_dir, "seeds"),
                        instance=v.get("test_instance"), rng_seed=seed, **{k: v.get(k) for k in names})
+
+
+def _check_label_map_ids(v):
+    """--label_map_ids chooses the frames of dense label maps; elsewhere it would be ignored."""
+    ids = v.get("label_map_ids")
+    if not ids:
+        return
+    clicks = next((f for f in ("label_propagation", "user_click") if v.is_set(f)), None)
+    if clicks:
+        raise InputError(f"--label_map_ids {' '.join(map(str, ids))} does not apply to click seeds (--{clicks}): the "
+                         "clicked frames are those --sparse_ratio keeps; drop --label_map_ids, or --" + clicks)
+    if not v.is_set("sparse_views"):
+        raise InputError(f"--label_map_ids {' '.join(map(str, ids))} needs --sparse_views (without it every "
+                         "training frame keeps its labels)")
 
 
 def _semantic_options(v, ckpt_path, resume):
