@@ -180,13 +180,19 @@ def _check_finite(path, data, keys):
                          "that wrote it diverged; use an earlier checkpoint")
 
 
-def apply_checkpoint(path, data, renderer, optimizer=None):
-    """Load network weights (and, if `optimizer` is given, its state) into place; refuses
-    non-finite weights (or optimizer state), naming the tensor."""
+def check_networks(path, data, renderer, optimizer_state=False):
+    """InputError unless the checkpoint's networks fit `renderer` and are finite (with
+    `optimizer_state`, its optimizer state too); nothing is loaded."""
     _check_state(path, "network_coarse_state_dict", renderer.coarse, data["network_coarse_state_dict"])
     _check_state(path, "network_fine_state_dict", renderer.fine, data["network_fine_state_dict"])
     _check_finite(path, data, ("network_coarse_state_dict", "network_fine_state_dict")
-                  + (("optimizer_state_dict",) if optimizer is not None else ()))
+                  + (("optimizer_state_dict",) if optimizer_state else ()))
+
+
+def apply_checkpoint(path, data, renderer, optimizer=None):
+    """Load network weights (and, if `optimizer` is given, its state) into place; refuses
+    non-finite weights (or optimizer state), naming the tensor."""
+    check_networks(path, data, renderer, optimizer is not None)
     renderer.coarse.load_state_dict(data["network_coarse_state_dict"])
     renderer.fine.load_state_dict(data["network_fine_state_dict"])
     if optimizer is not None:
@@ -197,7 +203,8 @@ def apply_checkpoint(path, data, renderer, optimizer=None):
             optimizer.load_state_dict(state)
         except (ValueError, KeyError) as exc:
             raise InputError(f"--resume: the optimizer state in {path} does not match this run's "
-                             f"parameters ({exc}); --fix_density must match the run that wrote it") from exc
+                             f"parameters ({first_line(exc)}); the mode, the Semantic-NeRF protocol and "
+                             "--fix_density must match the run that wrote it") from exc
 
 
 def restore_checkpoint(path, renderer, optimizer=None):
