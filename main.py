@@ -22,7 +22,7 @@ from models.jacobians import PARAMETER_SUBSETS, subset_flags
 from propagation.directions import DIRECTION_RULES
 from propagation.editing import perturb_gradient
 from propagation.run import propagate
-from training.resume_check import check_resume
+from training.preflight import check_resume, ray_budget_note
 from training.run import render_only, train
 from training.semantic import label_space_size, train_semantic
 from utils.build_options import build_options
@@ -164,7 +164,7 @@ def run(opts):
 def preflight_checkpoint(opts, scene, renderer):
     """The checkpoint, read and checked against this run before the run folder changes: readable, its
     checksum, the networks' shapes, finite values, and with --resume that it can continue this run
-    (training/resume_check.py). Returns its global_step, or None without a checkpoint."""
+    (training/preflight.py). Returns its global_step, or None without a checkpoint."""
     if not opts.ckpt_path:
         return None
     data = load_checkpoint(opts.ckpt_path)
@@ -189,6 +189,9 @@ def run_mode(opts):
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    note = ray_budget_note(opts, scene) if MODES[opts.mode].trains else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
     renderer = build_renderer(opts.model, device, opts.precision)
     step = preflight_checkpoint(opts, scene, renderer)
     if finished(opts, step):

@@ -111,7 +111,7 @@ class SemanticObjective(PlainObjective):
     def checkpoint_entries(self):
         state = semantic_state(*self.heads)
         state["protocol"] = self.protocol
-        if self.label_space is not None:         # what a --resume checks (training/resume_check.py)
+        if self.label_space is not None:         # what a --resume checks (training/preflight.py)
             state["label_space"] = self.label_space
         return {SEMANTIC_KEY: state}
 

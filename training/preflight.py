@@ -1,4 +1,7 @@
-"""Before a --resume changes anything: does the checkpoint belong to a run of this kind?
+"""Checks of a training run against its checkpoint and scene, made before the run folder changes.
+
+`ray_budget_note`: a warning when --N_rays is more than the pixels a step draws from.
+`check_resume`: does the checkpoint belong to a run of this kind?
 
 main.py loads the checkpoint before the run folder is touched (docs/RELIABILITY.md) and asks
 `check_resume` whether its optimizer state can continue this run. The optimizer's layout says what
@@ -83,3 +86,20 @@ def check_resume(opts, path, data, renderer, num_classes=None):
         raise InputError(f"--resume: the optimizer state in {path} does not fit this run (parameter groups of "
                          f"{layout} tensors, this run has {expected}): it was written by {what};{fix} resume with "
                          "that run's flags")
+
+
+def ray_budget_note(opts, scene):
+    """The warning line when --N_rays asks for more rays per step than the training pixels a training
+    run draws from (each step then takes all of them, as the original's slicing does), or None."""
+    if opts.train.batching == "fixed":
+        return None
+    if opts.mode == "semantic_nerf" and opts.semantic.protocol == "finetune":
+        return None                     # documented: all labelled pixels when there are fewer than N_rays
+    n, h, w = opts.train.n_rays, scene.height, scene.width
+    frames = len(scene.train) if opts.train.batching == "batching" else 1
+    pixels = frames * h * w
+    if n <= pixels:
+        return None
+    where = f"{frames} training views" if frames > 1 else "one training view a step"
+    return (f"warning: --N_rays {n} is more than the {pixels} pixels it draws from ({where} of {w}x{h}): each step "
+            f"takes all {pixels}")
