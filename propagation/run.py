@@ -149,6 +149,7 @@ def propagate(opts, scene, renderer, rng, export=None):
         num_directions=dirs.count, perturb_t=p.perturb_t, deterministic=not p.noisy,
         test_views=int(len(scene.test)), resolution=[h, w], outputs=out_dir, class_names=names,
         timings=timings, device=str(dev))
+    metrics["scene"] = scene.identity()          # propagation.compare refuses to mix scenes
     if selection is not None:
         metrics["adaptive_selection_round_miou"] = selection["round_miou"]
     if agg_info is not None:

@@ -131,6 +131,11 @@ def _numify(section, key, value):
     return value
 
 
+def numify(config):
+    """A config's arithmetic strings as numbers (string-typed keys stay strings)."""
+    return {s: _numify(s, s, v) for s, v in config.items()}
+
+
 def load_yaml_config(path):
     """Read a YAML config and turn arithmetic strings into numbers."""
     if path and os.path.isdir(path):
@@ -149,7 +154,7 @@ def load_yaml_config(path):
     for section in ("experiment", "model", "render", "train", "logging"):
         if not isinstance(config.get(section), dict):
             raise InputError(f"--config_file: {path} has no '{section}:' section")
-    config = {s: _numify(s, s, v) for s, v in config.items()}
+    config = numify(config)
     if config["experiment"].get("ckpt_path") == "None":
         config["experiment"]["ckpt_path"] = None
     return config

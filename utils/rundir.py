@@ -248,11 +248,12 @@ class StopSignals:
         self._previous.clear()
 
 
-def exit_on_sigterm():
-    """SIGTERM raises SystemExit(143) (after one line on stderr), so `with` blocks (the run lock,
-    atomic writes) clean up; the training loop replaces it with `StopSignals` while it runs."""
+def exit_on_sigterm(hint=""):
+    """SIGTERM raises SystemExit(143) (after one line on stderr, `hint` appended), so `with` blocks
+    (the run lock, atomic writes) clean up; the training loop replaces it with `StopSignals` while it
+    runs."""
     def handler(signum, frame):
-        print("terminated (SIGTERM)", file=sys.stderr, flush=True)
+        print("terminated (SIGTERM)" + (f"; {hint}" if hint else ""), file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
 
