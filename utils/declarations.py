@@ -184,8 +184,9 @@ def _number(opt, label, value):
 
 def did_you_mean(word, candidates):
     """' (did you mean X?)' for the closest of `candidates`, or ''."""
-    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    by_lower = {str(c).lower(): c for c in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]}?)" if close else ""
 
 
 def section_keys(options, section):
