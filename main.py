@@ -88,7 +88,7 @@ def parse_options(argv=None, notes=None):
     yaml_config = load_yaml_config(args.config_file)
     check_config_keys(yaml_config, options(), f"--config_file {args.config_file}")
     config = merge_flags(yaml_config, args)
-    if notes is not None and (note := shadowed_note(shadowed_keys(yaml_config, config, given))):
+    if notes is not None and (note := shadowed_note(shadowed_keys(yaml_config, args, given))):
         notes.append(note)
     return args, options_from_config(config, given)
 

@@ -139,6 +139,11 @@ def _train_options(v, trains, shaping):
         cuda_graph=not v.get("no_cuda_graph"), logging=logging)
 
 
+def _shaping_flag(v):
+    """The flag that chose Jacobi shaping (messages name it)."""
+    return next((f"--{f}" for f in ("contrastive_2d", "contrastive_3d", "from_label") if v.is_set(f)), "shaping")
+
+
 def supervision_mode(v):
     """'features' | 'labels' | 'alternate' from the supervision flags (docs/SHAPING.md)."""
     feats, labels = v.is_set("gt_feature_sim"), v.is_set("sample_semantic")
@@ -151,16 +156,16 @@ def supervision_mode(v):
         return "features"
     if labels or v.is_set("from_label"):
         return "labels"
-    raise InputError("shaping needs a supervision for positives: --gt_feature_sim (descriptor similarity, "
-                     "the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
+    raise InputError(f"{_shaping_flag(v)}: shaping needs a supervision for positives: --gt_feature_sim (descriptor "
+                     "similarity, the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
 
 
 def _shaping_options(v, subset_flags):
     every = v.get("contrastive_step")
     subset = next((name for flag, name in subset_flags.items() if v.is_set(flag)), None)
     if subset is None:
-        raise InputError("shaping needs the shaped parameters: " + ", ".join(f"--{f}" for f in subset_flags)
-                         + " (--rgb_layer is the paper's)")
+        raise InputError(f"{_shaping_flag(v)}: shaping needs the shaped parameters: "
+                         + ", ".join(f"--{f}" for f in subset_flags) + " (--rgb_layer is the paper's)")
     mode = supervision_mode(v)
     uses_features, uses_labels = mode in ("features", "alternate"), mode in ("labels", "alternate")
     extras = [f for f in ("spatial", "spatial_embedding", "concat_color", "render_nocs") if v.is_set(f)]

@@ -191,15 +191,20 @@ def given_flags(parser, argv):
             a.default = defaults[a.dest]
 
 
-def shadowed_keys(yaml_config, merged, given):
-    """[(key, its sections, YAML value, value in force)] of the YAML keys that an original flag's
-    default overwrote (the original's merge rule: every flag, default included, overwrites its key in
-    experiment/train/render): keys of flags not given whose YAML value differs; one entry per key."""
+def shadowed_keys(yaml_config, args, given):
+    """[(key, its sections, YAML value, value in force)] of the YAML keys that a flag's default overwrote
+    (the original's merge rule: every original flag, default included, overwrites its key in
+    experiment/train/render; so do the registries' store_true flags): keys of flags not given whose
+    YAML value differs; one entry per key."""
+    flags = vars(args) if not isinstance(args, dict) else dict(args)
     found = {}
     for section in SECTIONS_OVERRIDDEN:
         for key, value in (yaml_config.get(section) or {}).items():
-            if key in ORIGINAL_FLAGS and key not in given and key != "gpu" and merged[section].get(key) != value:
-                entry = found.setdefault(key, [key, [], value, merged[section].get(key)])
+            if key not in flags or key in given or (key == "gpu" and section == "experiment"):
+                continue                   # experiment.gpu holds unless --gpu is given (merge_flags)
+            now = flags[key]
+            if (now is not None or key in ORIGINAL_FLAGS) and now != value:
+                entry = found.setdefault(key, [key, [], value, now])
                 entry[1].append(section)
     return [tuple(e) for e in found.values()]
 
