@@ -12,6 +12,7 @@ import re
 METHODS = {"plain": "plain NeRF", "jnerf": "JacobiNeRF", "semantic_joint": "Semantic-NeRF (joint)",
            "semantic_finetune": "Semantic-NeRF (fine-tune)"}
 LABEL_SPACES, DIMS = ("semantic", "instance"), ("2d", "3d")
+TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")      # stages that train
 METRIC_NAMES = {"miou": "mIoU", "miou_validclass": "mIoU (valid)", "total_accuracy": "acc",
                 "class_average_accuracy": "class acc", "class_average_accuracy_validclass": "class acc (valid)"}
 

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import yaml
 
-from experiments.layout import DIMS, LABEL_SPACES, METHODS
+from experiments.layout import DIMS, LABEL_SPACES, METHODS, TRAINING_KINDS
 from experiments.layout import slug as _slug
 from utils.config import parse_number
 from utils.declarations import did_you_mean
@@ -21,7 +21,6 @@ from utils.metrics import METRIC_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_METRICS = ("miou", "total_accuracy", "class_average_accuracy")
-TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")
 STAGE_KINDS = TRAINING_KINDS + ("propagate",)
 TOP_KEYS = ("name", "out_dir", "data_root", "seed", "scenes", "config_overrides", "flags", "stages", "regimes",
             "label_spaces", "dims", "methods", "metrics", "barrier_timeout_s")

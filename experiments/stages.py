@@ -22,9 +22,8 @@ import yaml
 import main as jnerf_main
 from datasets.seeds import seed_folder_name
 from datasets.synthetic import generate_scene, scene_complete
-from experiments.layout import DIMS, METHODS, cell_metrics, regime_dir, scene_dir, seed_dir
+from experiments.layout import DIMS, METHODS, TRAINING_KINDS, cell_metrics, regime_dir, scene_dir, seed_dir
 from experiments.layout import slug as _slug
-from experiments.plan import TRAINING_KINDS
 from models.checkpoints import latest_checkpoint
 from utils.atomic import write_json_atomic, write_text_atomic
 from utils.errors import InputError

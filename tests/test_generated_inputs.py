@@ -176,7 +176,8 @@ def test_every_yaml_key_with_random_values(world, key, value):
     opt = OPTIONS[name]
     if section in SECTIONS_OVERRIDDEN and name in ("config_file", "save_dir"):
         assert merged == argv[argv.index(f"--{name}") + 1]            # given on the command line: the flag wins
-    elif section in SECTIONS_OVERRIDDEN and opt.flag and not opt.keeps_yaml and (section, name) != ("experiment", "gpu"):
+    elif (section in SECTIONS_OVERRIDDEN and opt.flag and not opt.keeps_yaml
+          and (section, name) != ("experiment", "gpu")):
         # the original's rule: the flag's default wins; a warning says so when it differs
         assert merged == want or any(f"{section}" in n and f".{name} " in n for n in notes), (key, value, notes)
     elif value is None:
@@ -198,8 +199,9 @@ def test_unknown_yaml_keys_are_refused_naming_them(world, section, name, value):
 
 # ----------------------------------------------------------------------------- the runner plan's keys
 
-SMALL_PLAN = dict(copy.deepcopy(TINY), scenes=copy.deepcopy(TINY["scenes"][:1]), regimes=copy.deepcopy(TINY["regimes"][:1]),
-                  methods=["plain", "jnerf"], dims=["2d"], label_spaces=["semantic"])
+SMALL_PLAN = dict(copy.deepcopy(TINY), scenes=copy.deepcopy(TINY["scenes"][:1]),
+                  regimes=copy.deepcopy(TINY["regimes"][:1]), methods=["plain", "jnerf"], dims=["2d"],
+                  label_spaces=["semantic"])
 PLAN_KEYS = (["name", "out_dir", "data_root", "seed", "flags", "label_spaces", "dims", "methods", "metrics",
               "barrier_timeout_s", "scenes", "regimes", "stages", "config_overrides"]
              + [f"scenes.0.{k}" for k in ("name", "config", "dataset_dir", "synthetic", "flags", "label_spaces")]

@@ -16,8 +16,8 @@ ORIGINAL_CONFIG_KEYS = {      # configs/replica_room0_config.yaml of the origina
     "experiment": ["scene_file", "save_dir", "dataset_dir", "ckpt_path", "convention", "width", "height", "gpu",
                    "feature_dim", "load_on_cpu", "enable_depth", "endpoint_feat"],
     "model": ["netdepth", "netwidth", "netdepth_fine", "netwidth_fine", "chunk", "netchunk"],
-    "render": ["N_rays", "N_samples", "N_importance", "perturb", "use_viewdirs", "i_embed", "multires", "multires_views",
-               "raw_noise_std", "test_viz_factor", "no_batching", "depth_range", "white_bkgd"],
+    "render": ["N_rays", "N_samples", "N_importance", "perturb", "use_viewdirs", "i_embed", "multires",
+               "multires_views", "raw_noise_std", "test_viz_factor", "no_batching", "depth_range", "white_bkgd"],
     "train": ["lrate", "lrate_decay", "N_iters"],
     "logging": ["step_log_print", "step_log_tfb", "step_save_ckpt", "step_val", "step_vis_train"],
 }
@@ -76,7 +76,8 @@ def test_a_runs_exp_config_is_accepted_as_a_config(tmp_path):
     (lambda c: c["render"].update(white_bkgd="yes"), "render.white_bkgd 'yes': expected true or false"),
     (lambda c: c["train"].update(N_iters=2.7), "train.N_iters 2.7: expected an integer"),
     (lambda c: c["experiment"].update(gpu="abc"), "--gpu 'abc': expected a CUDA device index"),
-], ids=["unread value", "bool", "yaml N_iters", "yaml gpu"])
+    (lambda c: c["model"].update(chunk="0/0"), "model.chunk '0/0': expected a number"),
+], ids=["unread value", "bool", "yaml N_iters", "yaml gpu", "zero division"])
 def test_every_yaml_value_is_checked_whatever_the_mode(tmp_path, change, needle):
     with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         parse(edited(tmp_path, change))
@@ -98,7 +99,8 @@ def test_argparse_errors_are_one_line_with_the_closest_flag(tmp_path, capsys):
     cfg = write_config(tmp_path, tmp_path / "data")
     for flags, needle in ((["--N_rays", "abc"], "argument --N_rays: invalid int value: 'abc'"),
                           (["--N_rayz", "5"], "unrecognized arguments: --N_rayz 5 (did you mean --N_rays?)"),
-                          (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'")):
+                          (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+                          (["--lrate_decay", "inf"], "argument --lrate_decay: expected an integer, got 'inf'")):
         rc = jnerf_main.main(["--config_file", cfg, "--save_dir", str(tmp_path / "o"), *flags])
         err = capsys.readouterr().err
         one_line(rc, err, 2, needle)

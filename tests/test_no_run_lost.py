@@ -145,7 +145,8 @@ def test_demo_draws_the_clicks_of_each_seed_once(tmp_path, monkeypatch):
 def semantic_run(tmp_path, data, capsys):
     cfg = write_config(tmp_path, data, n_iters=2, logging=dict(step_save_ckpt=1))
     save = tmp_path / "sem"
-    rc, _, err = run_main(capsys, cfg, save, "--seed", "3", "--semantic_nerf", "--sparse_views", "--sparse_ratio", "0.5")
+    rc, _, err = run_main(capsys, cfg, save, "--seed", "3", "--semantic_nerf", "--sparse_views", "--sparse_ratio",
+                          "0.5")
     assert rc == 0, err
     return cfg, save
 

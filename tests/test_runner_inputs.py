@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from experiments import reproduce
 from experiments.plan import load_plan
@@ -56,12 +55,16 @@ BAD_PLANS = [
     ({"flags": "--N_samples 8"}, "flags: expected a list of flags"),
     ({"config_overrides": {"model": {"netwidht": 16}}}, "config_overrides: unknown key model.netwidht (did you mean "
                                                         "netwidth?)"),
-    ({"config_overrides": {"model": {"netwidth": "wide"}}}, "config_overrides: model.netwidth 'wide': expected a number"),
+    ({"config_overrides": {"model": {"netwidth": "wide"}}},
+     "config_overrides: model.netwidth 'wide': expected a number"),
     ({"config_overrides": {"render": {"N_rays": 64}}}, "config_overrides: render.N_rays would be overwritten by "
                                                        "--N_rays's default in every stage"),
     ({"regimes.0.flags": ["--sparse_views", "--sparse_ration", "0.5"]},
-     "stage 'living room: semantic, 1 click: plain NeRF, 2D propagation': unrecognized arguments: --sparse_ration"),
-    ({"stages.plain.flags": ["--N_rays", "many"]}, "stage 'living room: plain NeRF': argument --N_rays: invalid int"),
+     "stage 'living room: semantic, 1 click: plain NeRF, 2D propagation' (flags from flags, scenes[0].flags, "
+     "regimes[0].flags, regimes[0].propagation): unrecognized arguments: --sparse_ration 0.5 (did you mean "
+     "--sparse_ratio?)"),
+    ({"stages.plain.flags": ["--N_rays", "many"]},
+     "stage 'living room: plain NeRF' (flags from flags, scenes[0].flags, stages.plain.flags): argument --N_rays"),
     ({"regimes.1.propagation": ["--train_agg", "--mean_gradient"]}, "--train_agg needs --adaptive_selection"),
 ]
 

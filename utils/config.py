@@ -115,7 +115,10 @@ def parse_number(text):
             return _UNOPS[type(node.op)](ev(node.operand))
         raise ValueError(f"not a number: {text!r}")
 
-    return ev(tree)
+    try:
+        return ev(tree)
+    except (ZeroDivisionError, OverflowError) as exc:      # '0/0', '1e308**2': not a number
+        raise ValueError(f"not a number: {text!r} ({exc})") from None
 
 
 def _numify(section, key, value):

@@ -225,7 +225,7 @@ def check_config_keys(config, options, source):
 def int_like(text):
     """argparse type accepting '250000' as well as '250e3' (the original's default is 250e3)."""
     value = float(text)
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
     return int(value)
 
