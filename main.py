@@ -16,22 +16,24 @@ import time
 import torch
 
 from datasets.registry import LOADERS, load_scene
-from models.checkpoints import check_checkpoint_path, latest_checkpoint
+from models.checkpoints import check_checkpoint_path, check_networks, latest_checkpoint, load_checkpoint
 from models.factory import build_renderer, select_device
 from models.jacobians import PARAMETER_SUBSETS, subset_flags
 from propagation.directions import DIRECTION_RULES
 from propagation.editing import perturb_gradient
 from propagation.run import propagate
+from training.preflight import check_resume, ray_budget_note
 from training.run import render_only, train
-from training.semantic import train_semantic
+from training.semantic import label_space_size, train_semantic
 from utils.build_options import build_options
-from utils.config import build_parser, load_yaml_config, merge_flags, save_resolved_config
-from utils.declarations import Option, option_table
+from utils.config import (build_parser, given_flags, load_yaml_config, merge_flags, save_resolved_config,
+                          shadowed_keys, shadowed_note)
+from utils.declarations import Option, check_config_keys, option_table
 from utils.errors import InputError, run_cli
 from utils.modes import Mode
 from utils.option_table import OPTIONS
-from utils.rundir import (Interrupted, RunLock, RunStopped, check_output_dir, exit_on_sigterm, prepare_run_dir,
-                          resume_command, write_failure)
+from utils.rundir import (Interrupted, RunLock, RunStopped, check_output_dir, check_run_dir, exit_on_sigterm,
+                          inputs_inside, resume_command, start_run_dir, write_failure)
 from utils.seeding import seed_everything
 
 
@@ -68,19 +70,27 @@ def parser():
     return build_parser(options())
 
 
-def options_from_config(config):
-    """RunOptions of a merged config (every value validated)."""
+def options_from_config(config, given=None):
+    """RunOptions of a merged config (every value validated); given: the flags given explicitly."""
     return build_options(config, options(), MODES, subset_flags(), tuple(DIRECTION_RULES),
-                         {name: loader.options for name, loader in LOADERS.items()})
+                         {name: loader.options for name, loader in LOADERS.items()}, given)
 
 
-def parse_options(argv=None):
-    """(parsed args, RunOptions or None for --demo): the whole flag path of main.py."""
-    args = parser().parse_args(argv)
+def parse_options(argv=None, notes=None):
+    """(parsed args, RunOptions or None for --demo): the whole flag path of main.py. The YAML's keys
+    are checked (an unknown or misplaced key stops with its name); `notes` (a list) receives the
+    warning line of YAML keys that flag defaults override (the original's merge rule, kept)."""
+    p = parser()
+    args = p.parse_args(argv)
     if args.demo:
         return args, None
-    config = merge_flags(load_yaml_config(args.config_file), args)
-    return args, options_from_config(config)
+    given = given_flags(p, sys.argv[1:] if argv is None else argv)
+    yaml_config = load_yaml_config(args.config_file)
+    check_config_keys(yaml_config, options(), f"--config_file {args.config_file}")
+    config = merge_flags(yaml_config, args)
+    if notes is not None and (note := shadowed_note(shadowed_keys(yaml_config, args, given))):
+        notes.append(note)
+    return args, options_from_config(config, given)
 
 
 def configure_threads():
@@ -101,7 +111,8 @@ def configure_device(opts):
 
 
 def check_outputs(opts):
-    """Output folders are usable (and --ckpt_path is a file) before any data is read."""
+    """Output folders are usable (and --ckpt_path is a file) before any data is read; --overwrite
+    never deletes an input of the run."""
     if opts.ckpt_path:
         check_checkpoint_path(opts.ckpt_path)
     check_output_dir(opts.save_dir, "--save_dir")
@@ -110,6 +121,16 @@ def check_outputs(opts):
             raise InputError(f"--seed_dir {opts.seeds.seed_dir} is a file, not a folder")
         if opts.seeds.visualise_save:
             check_output_dir(opts.seeds.seed_dir, "--seed_dir")
+    if opts.overwrite:
+        inputs = [("--ckpt_path", opts.ckpt_path), ("--config_file", opts.config["experiment"].get("config_file")),
+                  ("experiment.dataset_dir", opts.data.dataset_dir)]
+        if opts.seeds is not None and opts.seeds.load_saved:
+            inputs.append(("--seed_dir", opts.seeds.seed_dir))
+        inside = inputs_inside(opts.save_dir, inputs)
+        if inside:
+            name, path = inside[0]
+            raise InputError(f"--overwrite would clear --save_dir {opts.save_dir}, which holds an input of this run: "
+                             f"{name} {path}; move it out first, or choose another --save_dir")
 
 
 def resume_checkpoint(opts):
@@ -125,10 +146,11 @@ def resume_checkpoint(opts):
 
 
 def run(opts):
-    """Run the mode of a RunOptions in its locked save_dir; returns the mode's metrics dict."""
+    """Run the mode of a RunOptions in its locked save_dir; returns the mode's metrics dict (None when a
+    --resume finds the run finished)."""
     check_outputs(opts)
     with RunLock(opts.save_dir):
-        prepare_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite)
+        check_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite)
         try:
             return run_mode(resume_checkpoint(opts))
         except OSError as exc:          # a failed write: one line naming the file (docs/RELIABILITY.md)
@@ -137,6 +159,27 @@ def run(opts):
             if failure is None:
                 raise
             raise failure from None
+
+
+def preflight_checkpoint(opts, scene, renderer):
+    """The checkpoint, read and checked against this run before the run folder changes: readable, its
+    checksum, the networks' shapes, finite values, and with --resume that it can continue this run
+    (training/preflight.py). Returns its global_step, or None without a checkpoint."""
+    if not opts.ckpt_path:
+        return None
+    data = load_checkpoint(opts.ckpt_path)
+    check_networks(opts.ckpt_path, data, renderer, optimizer_state=opts.resume)
+    if opts.resume:
+        classes = label_space_size(scene, opts.seeds.instance) if opts.mode == "semantic_nerf" else None
+        check_resume(opts, opts.ckpt_path, data, renderer, classes)
+    return int(data["global_step"])
+
+
+def finished(opts, step):
+    """A --resume whose checkpoint is at or past N_iters in a folder with the run's metrics.json: the
+    run is complete, and is left exactly as it is."""
+    return (opts.resume and step is not None and step >= opts.train.n_iters
+            and os.path.isfile(os.path.join(opts.save_dir, "metrics.json")))
 
 
 def run_mode(opts):
@@ -148,7 +191,17 @@ def run_mode(opts):
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    note = ray_budget_note(opts, scene) if MODES[opts.mode].trains else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
     renderer = build_renderer(opts.model, device, opts.precision)
+    step = preflight_checkpoint(opts, scene, renderer)
+    if finished(opts, step):
+        print(f"[jnerf] nothing to do: {opts.save_dir} holds a finished run (checkpoint at step {step}, N_iters "
+              f"{opts.train.n_iters}, metrics.json); it is left as it was (a larger --N_iters trains on)", flush=True)
+        return None
+    # every input is validated and the checkpoint loaded: only now does the folder change
+    start_run_dir(opts.save_dir, overwrite=opts.overwrite)
     save_resolved_config(opts.config, opts.save_dir)
     return MODES[opts.mode].entry(opts, scene, renderer, rng)
 
@@ -178,9 +231,12 @@ def main(argv=None):
 
 
 def _main(argv):
-    args, opts = parse_options(argv)
+    notes = []
+    args, opts = parse_options(argv, notes)
     if args.demo:
         return run_demo(args)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     try:
         run(opts)
     except RunStopped as exc:

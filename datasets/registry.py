@@ -1,5 +1,8 @@
 """The dataset loaders, by `--dataset_type` name. A loader takes a utils.options.DataOptions and
-returns a datasets.scene.Scene; adding a layout = one entry here (docs/ARCHITECTURE.md)."""
+returns a datasets.scene.Scene; adding a layout = one entry here (docs/ARCHITECTURE.md).
+`load_scene` says when the config's width x height upsamples the frames (a config size larger
+than the images: blur, no detail, and more rays to fit)."""
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -24,6 +27,33 @@ LOADERS = {
 
 def load_scene(data, options=None):
     """Load the scene that `data` (DataOptions) names; `options`: the loader's own settings when
-    given (else its defaults, or `data.loader`)."""
+    given (else its defaults, or `data.loader`). A warning line when the config size upsamples the
+    frames."""
     loader = LOADERS[data.dataset_type].load
-    return loader(data) if options is None else loader(data, options)
+    scene = loader(data) if options is None else loader(data, options)
+    note = upsampling_note(scene)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return scene
+
+
+def source_size(scene):
+    """(height, width) of the scene's original frames (after undistortion), or None if unknown."""
+    if scene.frames:
+        h, w = scene.frames[0].target[4:6]
+        return int(h), int(w)
+    size = (scene.extra or {}).get("colour_size")          # ScanNet: the colour frames
+    return (int(size[0]), int(size[1])) if size else None
+
+
+def upsampling_note(scene):
+    """The warning line when width x height is larger than the frames, with the factor, or None."""
+    size = source_size(scene)
+    if size is None:
+        return None
+    h, w = size
+    factor = max(scene.height / h, scene.width / w)
+    if factor <= 1.0 + 1e-6:
+        return None
+    return (f"warning: experiment.width x height = {scene.width}x{scene.height} upsamples the {w}x{h} frames of "
+            f"{scene.root} {factor:.3g}x (interpolated pixels add no detail; the frames' own size is {w}x{h})")

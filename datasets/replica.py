@@ -23,6 +23,7 @@ import torch
 
 from datasets.descriptors import FeatureOptions
 from datasets.frames import list_frames, read_png, read_poses
+from datasets.poses import check_poses
 from datasets.scene import (Intrinsics, Scene, Split, label_classes, remap_labels,
                             replica_split_ids, resize_image)
 from datasets.sources import FrameSource
@@ -155,7 +156,9 @@ class ReplicaLoader:
     def load(self):
         tables = self._frames()
         numbers = tables[0]
-        poses = read_poses(os.path.join(self.root, "traj_w_c.txt"), len(numbers))
+        traj = os.path.join(self.root, "traj_w_c.txt")
+        poses = read_poses(traj, len(numbers))
+        check_poses(poses, lambda i: f"{traj}: line {i + 1} (frame rgb_{numbers[i]})")
         train_ids, test_ids = replica_split_ids(len(numbers), self.training_mode)
         train = self._load_split(train_ids, numbers, tables, poses)
         test = self._load_split(test_ids, numbers, tables, poses)

@@ -38,6 +38,7 @@ import torch
 
 from datasets.descriptors import FeatureOptions
 from datasets.frames import read_png
+from datasets.poses import check_poses
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from utils.colormaps import label_colormap
 from utils.declarations import Option, OptionGroup
@@ -201,7 +202,8 @@ class ScanNetLoader:
             poses = list(pool.map(lambda n: read_pose(self._p("renders", "pose", f"{n}.txt")), numbers))
         finite = [bool(np.isfinite(p).all()) for p in poses]
         keep = [k for k, ok in enumerate(finite) if ok]
-        skipped = [n for n, ok in zip(numbers, finite) if not ok]
+        skipped = [n for n, ok in zip(numbers, finite) if not ok]     # ScanNet marks untracked frames with -inf
+        check_poses([poses[k] for k in keep], lambda i: self._p("renders", "pose", f"{numbers[keep[i]]}.txt"))
         return [numbers[k] for k in keep], np.stack([poses[k] for k in keep]) if keep else None, skipped
 
     # -- one frame ---------------------------------------------------------------------------

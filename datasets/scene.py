@@ -18,6 +18,7 @@ them and `class_names` / `colour_map` come from the clicks file.
 global frame-id order, for the per-frame label export (propagation/export.py) and for mapping
 user clicks from the original images (datasets/sources.py).
 """
+import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -75,6 +76,14 @@ class Scene:
             raise InputError(f"{self.root}: this loader does not list every frame of the scene")
         return Cameras(self.all_poses, self.intrinsics, self.height, self.width, self.near, self.far,
                        self.convention)
+
+    def identity(self):
+        """What a metrics file records of the scene ({name, digest}; propagation.compare and the
+        runner's tables refuse to mix scenes): the digest (sha1) of its training frames' ids and
+        camera poses, which stays with the data wherever its folder is."""
+        h = hashlib.sha1(",".join(str(int(i)) for i in self.train.ids).encode())
+        h.update(self.train.poses.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+        return {"name": self.name, "digest": h.hexdigest()}
 
     @property
     def num_classes(self):

@@ -12,8 +12,9 @@ Every stage is an ordinary `main.py` command; the demo prints each one so it can
 hand. Sizes are chosen to finish in about 3 minutes on a 2-core CPU; `--N_iters N` sets the
 steps of both the plain NeRF and the shaping. It runs from any working directory (the config is
 found beside this package) and regenerates a scene that an interrupted run left half-written.
+The demo holds the lock of its whole folder while it runs (a second demo into it stops with the
+first one's PID), and the clicks of each --seed are drawn once into seeds/seed_<S>/.
 """
-import argparse
 import json
 import os
 import shlex
@@ -25,7 +26,10 @@ import yaml
 import main as jnerf_main
 from datasets.synthetic import generate_scene, scene_complete
 from propagation.compare import compare_runs
+from utils.atomic import write_text_atomic
+from utils.config import ArgumentParser
 from utils.errors import InputError, run_cli
+from utils.rundir import RunLock, check_output_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic_room.yaml")
@@ -69,15 +73,23 @@ def _demo_config(root, data):
 
 
 def run_demo(save_dir="runs/demo", n_iters=None, seed=None):
-    """Run every stage; returns the four propagation runs' metrics."""
+    """Run every stage (holding the lock of the demo's folder); returns the four propagation runs'
+    metrics."""
     root = save_dir or "runs/demo"
+    if n_iters is not None and n_iters < 1:
+        raise InputError(f"--N_iters {n_iters}: expected at least 1 step")
+    if seed is not None and seed < 0:
+        raise InputError(f"--seed {seed}: expected at least 0")
+    check_output_dir(root, "--save_dir")
+    with RunLock(root):
+        return _run_demo(root, n_iters, 0 if seed is None else seed)
+
+
+def _run_demo(root, n_iters, seed):
     cfg = dict(DEMO)
     if n_iters is not None:
-        if n_iters < 1:
-            raise InputError(f"--N_iters {n_iters}: expected at least 1 step")
         cfg["plain_iters"] = cfg["shape_iters"] = n_iters
     data = os.path.join(root, "data")
-    os.makedirs(root, exist_ok=True)
     timings = {}
     t0 = time.time()
     if not scene_complete(data):
@@ -86,7 +98,7 @@ def run_demo(save_dir="runs/demo", n_iters=None, seed=None):
     timings["scene"] = time.time() - t0
 
     config = _demo_config(root, data)
-    common = ["--config_file", config, "--seed", str(seed if seed is not None else 0),
+    common = ["--config_file", config, "--seed", str(seed),
               "--N_samples", str(cfg["n_samples"]), "--N_importance", str(cfg["n_importance"]),
               "--overwrite"]     # a rerun of the demo replaces its earlier runs
     plain, shaped = os.path.join(root, "plain"), os.path.join(root, "jnerf")
@@ -103,14 +115,14 @@ def run_demo(save_dir="runs/demo", n_iters=None, seed=None):
         "--lrate", cfg["lrate"]])
     shaped_ckpt = os.path.join(shaped, "checkpoints", f"{cfg['shape_iters']:06d}.ckpt")
 
-    seeds = os.path.join(root, "seeds")
+    seeds = os.path.join(root, "seeds", f"seed_{seed}")      # each --seed draws its own clicks
     sparse = ["--sparse_views", "--sparse_ratio", "0.995", "--label_propagation", "--partial_perc", "0",
               "--rgb_layer", "--mean_gradient", "--seed_dir", seeds]
     results = {}
     for dim in ("2d", "3d"):
         for name, ckpt in (("plain NeRF", plain_ckpt), ("JacobiNeRF", shaped_ckpt)):
             out = os.path.join(root, f"propagate_{dim}_{'plain' if name == 'plain NeRF' else 'jnerf'}")
-            first = not os.path.isdir(seeds)
+            first = not (os.path.isdir(seeds) and any(not n.startswith(".") for n in os.listdir(seeds)))
             flags = sparse + (["--visualise_save"] if first else ["--load_saved"])
             timings[f"{dim.upper()} {name}"] = _stage(
                 f"{dim.upper()} sparse propagation through the {name} checkpoint",
@@ -121,20 +133,23 @@ def run_demo(save_dir="runs/demo", n_iters=None, seed=None):
     lines = ["# Demo: sparse label propagation on the synthetic room (one click per class, frame 0)", "",
              table, "", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
              f"Total: {total:.0f} s", ""]
-    with open(os.path.join(root, "comparison.md"), "w") as f:
-        f.write("\n".join(lines))
+    write_text_atomic(os.path.join(root, "comparison.md"), "\n".join(lines))
     print("\n" + "\n".join(lines))
     return results
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.demo", description=__doc__.split("\n")[0])
     p.add_argument("--save_dir", default="runs/demo", help="output folder (the scene goes to <save_dir>/data)")
     p.add_argument("--N_iters", type=int, default=None, help="steps of the plain NeRF and of the shaping "
                    f"(unset: {DEMO['plain_iters']})")
     p.add_argument("--seed", type=int, default=None, help="seed of every stage (unset: 0)")
+    return run_cli(lambda: run_demo(*_demo_args(p, argv)))
+
+
+def _demo_args(p, argv):
     args = p.parse_args(argv)
-    return run_cli(run_demo, args.save_dir, args.N_iters, args.seed)
+    return args.save_dir, args.N_iters, args.seed
 
 
 if __name__ == "__main__":

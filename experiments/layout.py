@@ -18,6 +18,7 @@ DEFAULT_METHODS = ("plain", "jnerf", "semantic_joint", "semantic_finetune")   # 
 SHAPING_METHODS = ("jnerf", "jnerf_keep")
 KEEP_FLAGS = ("--shaping_lr", "continue", "--shaping_optimizer", "restore")
 LABEL_SPACES, DIMS = ("semantic", "instance"), ("2d", "3d")
+TRAINING_KINDS = ("plain", "jnerf", "semantic_joint", "semantic_finetune", "jnerf_keep")   # stages that train
 METRIC_NAMES = {"miou": "mIoU", "miou_validclass": "mIoU (valid)", "total_accuracy": "acc",
                 "class_average_accuracy": "class acc", "class_average_accuracy_validclass": "class acc (valid)"}
 

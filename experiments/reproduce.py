@@ -30,7 +30,6 @@ scene, their markers, running them), experiments/launch.py (the shares of torchr
 tasks, the barrier), experiments/results.py (the tables and the plot), experiments/estimate.py
 (--estimate: the projected time of every stage, scene and process); this module is the entry.
 """
-import argparse
 import os
 import shlex
 import sys
@@ -47,7 +46,11 @@ from experiments.plan import load_plan
 from experiments.results import collect_results, write_results
 from experiments.stages import run_scene, scene_stages
 from utils.atomic import write_json_atomic, write_text_atomic
+from utils.config import ArgumentParser
 from utils.errors import InputError, run_cli
+from utils.rundir import exit_on_sigterm
+
+RESUME_HINT = "run the same command again to continue"
 
 
 def reproduce(yaml_path, out_dir=None, data_root=None, collect_only=False, dry_run=False):
@@ -55,6 +58,7 @@ def reproduce(yaml_path, out_dir=None, data_root=None, collect_only=False, dry_r
     dict(results, ran {scene: {stage: seconds}}, failed {scene: message}, wall_s)."""
     t0 = time.time()
     plan = load_plan(yaml_path, out_dir, data_root)
+    check_folders(plan, collect_only)
     index, count, local, world = shard()
     mine = my_scenes(plan.scenes, index, count)
     if dry_run:
@@ -94,6 +98,18 @@ def reproduce(yaml_path, out_dir=None, data_root=None, collect_only=False, dry_r
     return dict(results=results, ran=ran, failed=failed, wall_s=time.time() - t0)
 
 
+def check_folders(plan, collect_only=False):
+    """The output and data folders are folders (or can be), and --collect reads a run that exists."""
+    for flag, path in (("--out_dir", plan.out_dir), ("--data_root", plan.data_root)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a file, not a folder (from {plan.path} or the command line)")
+    if collect_only:
+        from experiments.layout import scene_dir as folder_of
+        if not any(os.path.isdir(folder_of(plan.out_dir, s.name)) for s in plan.scenes):
+            raise InputError(f"--collect: {plan.out_dir} holds no scene folder of {plan.path} "
+                             f"({', '.join(s.name for s in plan.scenes)}); check --out_dir (nothing was written)")
+
+
 def estimate(yaml_path, out_dir=None, data_root=None, processes=None,
              calibration_steps=DEFAULT_CALIBRATION_STEPS):
     """--estimate: print the projected time of the plan of `yaml_path` on this machine (and write it
@@ -101,6 +117,7 @@ def estimate(yaml_path, out_dir=None, data_root=None, processes=None,
     experiments.estimate.project_plan's dict. processes: how many share the scenes (unset: the
     launcher's count, 1 when started by python)."""
     plan = load_plan(yaml_path, out_dir, data_root)
+    check_folders(plan)
     _, count, local, world = shard()
     if world > 1:
         raise InputError("--estimate runs in one process: start it with python, not torchrun "
@@ -113,7 +130,7 @@ def estimate(yaml_path, out_dir=None, data_root=None, processes=None,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n")[0])
     p.add_argument("yaml", help="the reproduction YAML (e.g. experiments/demo.yaml)")
     p.add_argument("--out_dir", default=None, help="output folder (unset: the YAML's out_dir, else runs/reproduce_<name>)")
     p.add_argument("--data_root", default=None, help="where synthetic rooms are generated (unset: <out_dir>/data)")
@@ -126,26 +143,35 @@ def main(argv=None):
                    help="with --estimate: processes sharing the scenes (unset: the launcher's, 1 under python)")
     p.add_argument("--calibration_steps", type=int, default=DEFAULT_CALIBRATION_STEPS,
                    help="with --estimate: training (and aggregator) steps of a calibration run")
-    args = p.parse_args(argv)
-    if not args.estimate and (args.processes is not None or args.calibration_steps != DEFAULT_CALIBRATION_STEPS):
-        p.error("--processes and --calibration_steps go with --estimate")
-    if args.calibration_steps < 2:
-        p.error(f"--calibration_steps {args.calibration_steps}: expected at least 2 (a steady rate needs steps "
-                "after the first)")
     box = {}
 
     def go():
+        args = p.parse_args(argv)
+        if not args.estimate and (args.processes is not None
+                                  or args.calibration_steps != DEFAULT_CALIBRATION_STEPS):
+            raise InputError("--processes and --calibration_steps go with --estimate")
+        if args.calibration_steps < 2:
+            raise InputError(f"--calibration_steps {args.calibration_steps}: expected at least 2 (a steady rate "
+                             "needs steps after the first)")
+        if args.processes is not None and args.processes < 1:
+            raise InputError(f"--processes {args.processes}: expected at least 1")
         if args.estimate:
             estimate(args.yaml, args.out_dir, args.data_root, args.processes, args.calibration_steps)
             return
         box.update(reproduce(args.yaml, args.out_dir, args.data_root, args.collect, args.dry_run))
 
-    rc = run_cli(go)
+    try:
+        rc = run_cli(go)
+    except KeyboardInterrupt:               # a second Ctrl-C while run_cli reported the first
+        rc = 130
+    if rc == 130:
+        print(f"[reproduce] {RESUME_HINT}", file=sys.stderr, flush=True)
     if rc == 0 and box.get("failed"):
         return 1
     return rc
 
 
 if __name__ == "__main__":
+    exit_on_sigterm(RESUME_HINT)     # a message, the stage's lock released (with blocks), exit 143
     jnerf_main.configure_threads()
     sys.exit(main())

@@ -96,11 +96,27 @@ def _mean(values):
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
+def check_cell(m, path, space, scene, digests):
+    """A cell's metrics belong in its table: the table's label space, and the same scene (the digest
+    of its training cameras) as the scene's other cells (`digests`: scene name -> (digest, path))."""
+    recorded = m.get("label_space")
+    if recorded is not None and recorded != space:
+        raise InputError(f"{path} holds {recorded} labels but is the cell of the {space} table; the run folder mixes "
+                         "label spaces (a copied or moved stage folder?): rerun that stage")
+    digest = (m.get("scene") or {}).get("digest") if isinstance(m.get("scene"), dict) else None
+    if digest is None:
+        return
+    seen = digests.setdefault(scene, (digest, path))
+    if seen[0] != digest:
+        raise InputError(f"{path} holds the results of another scene ({m['scene'].get('name')}) than {seen[1]} "
+                         f"(scene '{scene}'); the run folder mixes scenes: rerun that stage")
+
+
 def collect_results(plan):
     """The results dict (module doc) of the finished stages of `plan` (experiments.plan.Plan)."""
     scenes = [s.name for s in plan.scenes]
     regimes = [r.name for r in plan.regimes]
-    values, fractions, missing, views = {}, {}, [], {}
+    values, fractions, missing, views, digests = {}, {}, [], {}, {}
     for space in plan.label_spaces:
         fractions[space] = {r: {} for r in regimes}
         for dim in plan.dims:
@@ -112,8 +128,10 @@ def collect_results(plan):
                     row = rows[METHODS[method]] = {}
                     seen_row = seen[METHODS[method]] = {}
                     for regime in plan.regimes:
-                        m = _read(cell_metrics(plan.out_dir, scene.name, space, regime.name, method, dim)) \
-                            if space in scene.label_spaces else None
+                        path = cell_metrics(plan.out_dir, scene.name, space, regime.name, method, dim)
+                        m = _read(path) if space in scene.label_spaces else None
+                        if m is not None:
+                            check_cell(m, path, space, scene.name, digests)
                         if m is None:
                             missing.append(f"{scene.name} / {space} / {dim} / {METHODS[method]} / {regime.name}")
                         row[regime.name] = {k: _pct(m, k) for k in plan.metrics}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import List
@@ -21,9 +22,9 @@ import yaml
 import main as jnerf_main
 from datasets.seeds import seed_folder_name
 from datasets.synthetic import generate_scene, scene_complete
-from experiments.layout import DIMS, METHODS, SHAPING_METHODS, cell_metrics, regime_dir, scene_dir, seed_dir
+from experiments.layout import (DIMS, METHODS, SHAPING_METHODS, TRAINING_KINDS, cell_metrics, regime_dir, scene_dir,
+                                seed_dir)
 from experiments.layout import slug as _slug
-from experiments.plan import TRAINING_KINDS
 from models.checkpoints import latest_checkpoint
 from utils.atomic import write_json_atomic, write_text_atomic
 from utils.errors import InputError
@@ -200,7 +201,9 @@ def run_stage(stage, device_flags=()):
     t0 = time.time()
     rc = jnerf_main.main(argv)
     if rc in (130, 143):                   # Ctrl-C / SIGTERM: the stage saved what it could; stop everything
-        raise KeyboardInterrupt
+        print(f"[reproduce] stopped ({'SIGINT' if rc == 130 else 'SIGTERM'}) in stage '{stage.title}'; "
+              "run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(rc)
     missing = [p for p in stage.outputs if not os.path.isfile(p)]
     if rc != 0 or missing:
         raise InputError(f"stage '{stage.title}' failed (exit code {rc}"
@@ -221,26 +224,40 @@ def _merge(dst, src):
     return dst
 
 
+def synthetic_params(plan, scene):
+    """(generate_scene arguments, data folder) of a synthetic room."""
+    params = dict(variant=0, frames=150, width=80, height=60, seed=0)
+    params.update({k: int(v) for k, v in scene.synthetic.items()})
+    return params, os.path.join(plan.data_root, _slug(scene.name))
+
+
+def scene_config(plan, scene, data):
+    """The scene's config dict: its YAML, dataset_dir `data`, for a synthetic room its width and height,
+    then config_overrides applied."""
+    with open(scene.config) as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise InputError(f"{scene.config}: does not hold a mapping of sections")
+    if scene.synthetic is not None:        # frames are loaded at the size they were generated at
+        params, _ = synthetic_params(plan, scene)
+        cfg.setdefault("experiment", {}).update(width=params["width"], height=params["height"])
+    _merge(cfg, json.loads(json.dumps(plan.config_overrides)))
+    cfg.setdefault("experiment", {})["dataset_dir"] = os.path.abspath(data)
+    return cfg
+
+
 def prepare_scene(plan, scene):
     """The scene's data (a synthetic room generated once into data_root) and its config file
-    (<out>/<scene>/config.yaml: the scene's config, dataset_dir set, for a synthetic room its
-    width and height, then config_overrides applied)."""
+    (<out>/<scene>/config.yaml: `scene_config`)."""
     if scene.synthetic is not None:
-        params = dict(variant=0, frames=150, width=80, height=60, seed=0)
-        params.update({k: int(v) for k, v in scene.synthetic.items()})
-        data = os.path.join(plan.data_root, _slug(scene.name))
+        params, data = synthetic_params(plan, scene)
         if not scene_complete(data, **params):
             print(f"[reproduce] generating synthetic room {params} in {data}", flush=True)
             generate_scene(data, frames=params["frames"], width=params["width"], height=params["height"],
                            seed=params["seed"], variant=params["variant"], stats=False)
     else:
         data = scene.dataset_dir
-    with open(scene.config) as f:
-        cfg = yaml.safe_load(f)
-    if scene.synthetic is not None:        # frames are loaded at the size they were generated at
-        cfg.setdefault("experiment", {}).update(width=params["width"], height=params["height"])
-    _merge(cfg, json.loads(json.dumps(plan.config_overrides)))
-    cfg.setdefault("experiment", {})["dataset_dir"] = os.path.abspath(data)
+    cfg = scene_config(plan, scene, data)
     path = os.path.join(scene_dir(plan.out_dir, scene.name), "config.yaml")
     text = yaml.safe_dump(cfg, sort_keys=False)
     old = open(path).read() if os.path.isfile(path) else None

@@ -12,7 +12,10 @@ still a plain checkpoint to every other mode.
 Reliability (docs/RELIABILITY.md): a save is refused when a weight or an optimizer-state tensor is
 non-finite (`non_finite_tensor`, checked by the trainer before every save), a load is refused
 naming such a tensor, a failed write raises the OSError of the file system (disk full, file too
-large) naming the checkpoint, and `prune_checkpoints` implements --keep_ckpts.
+large) naming the checkpoint, and `prune_checkpoints` implements --keep_ckpts. Every write adds a
+checksum of the contents (models/ckpt_checksum.py), checked at load: a damaged file is refused by
+name, as are empty, truncated and foreign files; a checkpoint without one (older ones, the
+original's) loads as before.
 """
 import io
 import os
@@ -20,6 +23,7 @@ import re
 
 import torch
 
+from models.ckpt_checksum import checksum_problem, with_checksum
 from models.semantic import SEMANTIC_KEY, load_semantic_state
 from utils.atomic import atomic_path
 from utils.errors import InputError
@@ -49,8 +53,10 @@ def checkpoint_data(step, renderer, optimizer=None, extra=None, entries=None):
 
 
 def write_checkpoint(path, data):
-    """torch.save `data` to a temporary file and rename it, so a crash never leaves a truncated
-    file under the final name; returns path."""
+    """torch.save `data` with its checksum to a temporary file and rename it, so a crash never
+    leaves a truncated file under the final name; returns path. The tensors are hashed where they
+    are: the caller passes host copies when the write is deferred (training/ckpt_writer.py)."""
+    data = with_checksum(data)
     with atomic_path(path) as tmp:
         try:
             torch.save(data, tmp)
@@ -76,18 +82,45 @@ def check_checkpoint_path(path, flag="--ckpt_path"):
                          "training, e.g. <save_dir>/checkpoints/010000.ckpt)")
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read and validate a checkpoint file; one InputError naming the file on any problem."""
-    check_checkpoint_path(path)
+def first_line(exc, limit=200):
+    """The first line of an exception's message (its class name when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0][:limit]}" if lines else exc.__class__.__name__
+
+
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _unreadable(path, exc, flag):
+    """The InputError of a file torch.load could not read: empty, truncated or not a checkpoint."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if size == 0:
+        return InputError(f"{flag}: {path} is empty (0 bytes); expected a checkpoint written by training "
+                          "(a copy or a save that did not finish?)")
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC):
+        return InputError(f"{flag}: {path} is truncated or damaged ({size} bytes; {first_line(exc)}); "
+                          "copy it again or use an earlier checkpoint")
+    return InputError(f"{flag}: {path} is not a readable checkpoint: not a PyTorch file (it starts with {head!r})")
+
+
+def load_checkpoint(path, map_location="cpu", flag="--ckpt_path"):
+    """Read and validate a checkpoint file: readable, the original's keys, and (when it carries one)
+    its checksum; one InputError naming the file on any problem."""
+    check_checkpoint_path(path, flag)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise InputError(f"--ckpt_path: {path} is not a readable checkpoint "
-                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise _unreadable(path, exc, flag) from None
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
-        found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise InputError(f"--ckpt_path: {path} is not a JacobiNeRF checkpoint (expected keys "
+        found = sorted(map(str, data))[:8] if isinstance(data, dict) else type(data).__name__
+        raise InputError(f"{flag}: {path} is not a JacobiNeRF checkpoint (expected keys "
                          f"{', '.join(REQUIRED_KEYS)}; found {found})")
+    problem = checksum_problem(data)
+    if problem is not None:
+        raise InputError(f"{flag}: {path} is damaged: {problem} (a bad copy or disk); copy it again or use an "
+                         "earlier checkpoint")
     return data
 
 
@@ -147,13 +180,19 @@ def _check_finite(path, data, keys):
                          "that wrote it diverged; use an earlier checkpoint")
 
 
-def apply_checkpoint(path, data, renderer, optimizer=None):
-    """Load network weights (and, if `optimizer` is given, its state) into place; refuses
-    non-finite weights (or optimizer state), naming the tensor."""
+def check_networks(path, data, renderer, optimizer_state=False):
+    """InputError unless the checkpoint's networks fit `renderer` and are finite (with
+    `optimizer_state`, its optimizer state too); nothing is loaded."""
     _check_state(path, "network_coarse_state_dict", renderer.coarse, data["network_coarse_state_dict"])
     _check_state(path, "network_fine_state_dict", renderer.fine, data["network_fine_state_dict"])
     _check_finite(path, data, ("network_coarse_state_dict", "network_fine_state_dict")
-                  + (("optimizer_state_dict",) if optimizer is not None else ()))
+                  + (("optimizer_state_dict",) if optimizer_state else ()))
+
+
+def apply_checkpoint(path, data, renderer, optimizer=None):
+    """Load network weights (and, if `optimizer` is given, its state) into place; refuses
+    non-finite weights (or optimizer state), naming the tensor."""
+    check_networks(path, data, renderer, optimizer is not None)
     renderer.coarse.load_state_dict(data["network_coarse_state_dict"])
     renderer.fine.load_state_dict(data["network_fine_state_dict"])
     if optimizer is not None:
@@ -164,7 +203,8 @@ def apply_checkpoint(path, data, renderer, optimizer=None):
             optimizer.load_state_dict(state)
         except (ValueError, KeyError) as exc:
             raise InputError(f"--resume: the optimizer state in {path} does not match this run's "
-                             f"parameters ({exc}); --fix_density must match the run that wrote it") from exc
+                             f"parameters ({first_line(exc)}); the mode, the Semantic-NeRF protocol and "
+                             "--fix_density must match the run that wrote it") from exc
 
 
 def restore_checkpoint(path, renderer, optimizer=None):
@@ -222,6 +262,6 @@ def load_semantic_heads(path, data, head_coarse, head_fine, required=True):
         load_semantic_state(state, head_coarse, head_fine)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InputError(f"--ckpt_path: {path}: its Semantic-NeRF heads do not match this run's "
-                         f"({str(exc).splitlines()[0][:200]}); same label space (--test_instance) and "
+                         f"({first_line(exc)}); same label space (--test_instance) and "
                          "network width needed") from None
     return True

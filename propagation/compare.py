@@ -10,6 +10,12 @@ Rows: mIoU, mIoU over valid classes, total accuracy, class-average accuracy (all
 IoU of every class given by the seeds. With exactly two runs a last column gives the difference
 (second minus first). A run that trained an aggregator also contributes its plain-argmax ('_wo')
 result as an extra column.
+
+Only like with like: runs of another label space (semantic classes against instance ids), another
+scene (`scene`: its name and the digest of its training cameras) or other test views (`views`:
+split, ids, resolution) are refused with one line naming both. A file written before a record
+existed is tabled with a warning line saying what could not be checked. 2D and 3D runs of one scene
+and label space may share a table (the same views are scored).
 """
 import json
 import math
@@ -56,10 +62,53 @@ def _pct(x):
     return "n/a" if x is None else f"{100.0 * x:.2f}"
 
 
+def _where(name, source):
+    return f"'{name}' ({source})" if isinstance(source, str) else f"'{name}'"
+
+
+def check_comparable(runs, loaded):
+    """InputError when two runs differ in label space, scene or test views; returns the warning
+    lines for runs that do not record their scene or views (written before these records)."""
+    names = list(loaded)
+    if len(names) < 2:
+        return []
+    first = names[0]
+    checks = (("label_space", lambda m: m.get("label_space"), "labels"),
+              ("scene", lambda m: (m.get("scene") or {}).get("digest"), "scene"),
+              ("views", lambda m: (m.get("views") or {}).get("digest"), "test views"))
+    for key, value, what in checks:
+        known = [(n, value(loaded[n])) for n in names if value(loaded[n]) is not None]
+        for n, v in known[1:]:
+            a, va = known[0]
+            if v != va:
+                raise InputError(f"cannot compare {_where(a, runs[a])} with {_where(n, runs[n])}: other {what} "
+                                 f"({_describe(key, loaded[a])} vs {_describe(key, loaded[n])}); compare runs of one "
+                                 "label space, scene and set of test views")
+    warnings = []
+    for n in names:
+        lacking = [k for k in ("scene", "views") if not isinstance(loaded[n].get(k), dict)]
+        if lacking:
+            warnings.append(f"warning: {_where(n, runs[n])} records no {' and no '.join(lacking)} (written before "
+                            f"they were recorded): its {' and '.join(lacking)} are not checked against "
+                            f"{_where(first, runs[first]) if n != first else 'the others'}")
+    return warnings
+
+
+def _describe(key, m):
+    if key == "label_space":
+        return f"{m.get('label_space')}"
+    if key == "scene":
+        return f"{m['scene'].get('name')} {m['scene'].get('digest', '')[:8]}"
+    v = m["views"]
+    return f"{v.get('split')} split, {v.get('count')} views {v.get('digest', '')[:8]}"
+
+
 def _columns(runs):
     cols = {}
-    for name, m in runs.items():
-        m = _load(m)
+    loaded = {name: _load(m) for name, m in runs.items()}
+    for line in check_comparable(runs, loaded):
+        print(line, file=sys.stderr, flush=True)
+    for name, m in loaded.items():
         cols[name] = m
         wo = m.get("without_aggregator") if isinstance(m, dict) else None
         if isinstance(wo, dict) and "miou" in wo:

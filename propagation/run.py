@@ -150,6 +150,7 @@ def propagate(opts, scene, renderer, rng, export=None):
         test_views=int(len(scene.test)), resolution=[h, w], outputs=out_dir, class_names=names,
         views=view_set(split_name(opts.data.training_mode), scene.test.ids, h, w),
         timings=timings, device=str(dev))
+    metrics["scene"] = scene.identity()          # propagation.compare refuses to mix scenes
     if selection is not None:
         metrics["adaptive_selection_round_miou"] = selection["round_miou"]
     if agg_info is not None:

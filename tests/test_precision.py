@@ -9,6 +9,7 @@ from models.engine import Engine
 from models.factory import build_renderer
 from models.nerf import NeRF
 from tests.tiny_models import tiny_renderer
+from utils.errors import InputError
 from utils.precision import FP32, PRECISIONS, Precision
 
 
@@ -93,6 +94,6 @@ def test_precision_choices_and_the_cpu(tmp_path, precision):
 def test_unknown_or_withheld_precision_is_refused(tmp_path, precision):
     """bf16 training is withheld from the choices until it passes the precision check
     (docs/PERFORMANCE.md: -0.39 dB after 1000 steps in the one run made)."""
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match=f"argument --precision: invalid choice: '{precision}'"):
         parse_options(["--config_file", "configs/synthetic_room.yaml", "--save_dir", str(tmp_path),
                        "--precision", precision])

@@ -9,7 +9,8 @@ raises its OSError there, so a failed write still stops the run with "cannot wri
 save later). On the CPU the write happens at once, as before.
 
 The file is the same either way (tests/test_ckpt_writer.py): the same dict, written by the same
-`models.checkpoints.write_checkpoint` (atomic rename).
+`models.checkpoints.write_checkpoint` (atomic rename), which adds the checksum of the contents
+(models/ckpt_checksum.py): in the background it hashes the host copy, in the writer's thread.
 """
 from concurrent.futures import ThreadPoolExecutor
 

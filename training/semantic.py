@@ -59,6 +59,7 @@ class SemanticObjective(PlainObjective):
 
     name = "semantic_nerf"
     label = "semantic-nerf"
+    label_space = None          # 'semantic' | 'instance', recorded in checkpoints when set
 
     def __init__(self, train, sem, renderer, labels, num_classes):
         super().__init__(train)
@@ -117,6 +118,8 @@ class SemanticObjective(PlainObjective):
     def checkpoint_entries(self):
         state = semantic_state(*self.heads)
         state["protocol"] = self.protocol
+        if self.label_space is not None:         # what a --resume checks (training/preflight.py)
+            state["label_space"] = self.label_space
         return {SEMANTIC_KEY: state}
 
     def restore(self, path, data, resume):
@@ -149,6 +152,7 @@ def train_semantic(opts, scene, renderer, rng):
           f"{len(given)} classes | {num_classes} classes in the {'instance' if instance else 'semantic'} space | "
           f"wgt_sem {sem.wgt_sem}", flush=True)
     objective = SemanticObjective(opts.train, sem, renderer, labels, num_classes)
+    objective.label_space = "instance" if instance else "semantic"
     trainer, result = fit_objective(opts, scene, renderer, objective,
                                     frames=frames if opts.train.batching == "unmasked" else None)
     if result is None:

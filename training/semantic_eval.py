@@ -95,6 +95,7 @@ def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, t
             views=view_set(split, scene.test.ids, cams.height, cams.width),
             class_names=names, deterministic=True, device=str(dev),
             timings=dict(test_views_both_readouts=seconds, writing=time.perf_counter() - t1))
+        metrics["scene"] = scene.identity()      # propagation.compare refuses to mix scenes
         title = f"Semantic-NeRF {kind.upper()}" + (f" ({protocol})" if protocol else "")
         table = finish_metrics(folder, metrics, None, names, title)
         print(f"[semantic] {title}: {summary_line(metrics)}\n{table}", flush=True)

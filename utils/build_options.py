@@ -25,14 +25,17 @@ from utils.precision import PRECISIONS
 
 def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping[str, Mode],
                   subset_flags: Mapping[str, str], rule_flags: Sequence[str],
-                  loaders: Mapping[str, Optional[OptionGroup]]) -> RunOptions:
+                  loaders: Mapping[str, Optional[OptionGroup]], given=None) -> RunOptions:
     """RunOptions of the merged `config`, every value validated.
 
     options: the option table in force (utils.option_table.OPTIONS plus the registries' flags);
     modes: main.MODES; subset_flags: flag -> Jacobian subset name and rule_flags: the direction-rule
-    flags, both in the original's precedence order; loaders: dataset type -> its own OptionGroup.
+    flags, both in the original's precedence order; loaders: dataset type -> its own OptionGroup;
+    given: the flags given on the command line (errors of values from the YAML then name the key).
+    Every value the config holds is checked, also those the chosen mode does not read.
     """
-    v = Values(config, options)
+    v = Values(config, options, given)
+    v.check_all()
     save_dir = v.get("save_dir")
     mode = select_mode(v.is_set, modes)
     trains = modes[mode].trains
@@ -76,6 +79,7 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
                   "as every other method's",)
     if v.is_set("load_saved") and v.is_set("visualise_save"):
         raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
+    _check_label_map_ids(v)
 
     return RunOptions(mode=mode, save_dir=save_dir, data=data, model=model, train=train, ckpt_path=ckpt_path,
                       resume=resume, overwrite=overwrite, seed=seed, gpu=v.get("gpu"),
@@ -145,6 +149,11 @@ def _train_options(v, trains, shaping):
         cuda_graph=not v.get("no_cuda_graph"), logging=logging)
 
 
+def _shaping_flag(v):
+    """The flag that chose Jacobi shaping (messages name it)."""
+    return next((f"--{f}" for f in ("contrastive_2d", "contrastive_3d", "from_label") if v.is_set(f)), "shaping")
+
+
 def supervision_mode(v):
     """'features' | 'labels' | 'alternate' from the supervision flags (docs/SHAPING.md)."""
     feats, labels = v.is_set("gt_feature_sim"), v.is_set("sample_semantic")
@@ -157,16 +166,16 @@ def supervision_mode(v):
         return "features"
     if labels or v.is_set("from_label"):
         return "labels"
-    raise InputError("shaping needs a supervision for positives: --gt_feature_sim (descriptor similarity, "
-                     "the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
+    raise InputError(f"{_shaping_flag(v)}: shaping needs a supervision for positives: --gt_feature_sim (descriptor "
+                     "similarity, the paper's) or --sample_semantic / --from_label (ground-truth labels, the oracle)")
 
 
 def _shaping_options(v, subset_flags):
     every = v.get("contrastive_step")
     subset = next((name for flag, name in subset_flags.items() if v.is_set(flag)), None)
     if subset is None:
-        raise InputError("shaping needs the shaped parameters: " + ", ".join(f"--{f}" for f in subset_flags)
-                         + " (--rgb_layer is the paper's)")
+        raise InputError(f"{_shaping_flag(v)}: shaping needs the shaped parameters: "
+                         + ", ".join(f"--{f}" for f in subset_flags) + " (--rgb_layer is the paper's)")
     mode = supervision_mode(v)
     uses_features, uses_labels = mode in ("features", "alternate"), mode in ("labels", "alternate")
     extras = [f for f in ("spatial", "spatial_embedding", "concat_color", "render_nocs") if v.is_set(f)]
@@ -218,6 +227,20 @@ def _seed_options(v, save_dir, seed):
              "user_click", "num_click", "visualise_save", "load_saved")
     return SeedOptions(seed_dir=v.get("seed_dir") or os.path.join(save_dir, "seeds"),
                        instance=v.get("test_instance"), rng_seed=seed, **{k: v.get(k) for k in names})
+
+
+def _check_label_map_ids(v):
+    """--label_map_ids chooses the frames of dense label maps; elsewhere it would be ignored."""
+    ids = v.get("label_map_ids")
+    if not ids:
+        return
+    clicks = next((f for f in ("label_propagation", "user_click") if v.is_set(f)), None)
+    if clicks:
+        raise InputError(f"--label_map_ids {' '.join(map(str, ids))} does not apply to click seeds (--{clicks}): the "
+                         "clicked frames are those --sparse_ratio keeps; drop --label_map_ids, or --" + clicks)
+    if not v.is_set("sparse_views"):
+        raise InputError(f"--label_map_ids {' '.join(map(str, ids))} needs --sparse_views (without it every "
+                         "training frame keeps its labels)")
 
 
 def _semantic_options(v, ckpt_path, resume):

@@ -18,7 +18,7 @@ import os
 import yaml
 
 from utils.atomic import write_text_atomic
-from utils.declarations import HelpFormatter, add_flags, yaml_keys_text
+from utils.declarations import HelpFormatter, add_flags, did_you_mean, yaml_keys_text
 from utils.errors import InputError
 from utils.option_table import GROUPS, OPTIONS
 
@@ -52,11 +52,24 @@ FLAG_ORDER = ('config_file', 'test_instance', 'training_mode', 'resume', 'save_d
               'sample_step', 'demo', 'semantic_nerf', 'semantic_finetune', 'wgt_sem')
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line (an InputError, exit 2) instead of the usage text,
+    with the closest flag for an unknown one."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for a in self._actions for o in a.option_strings]
+            unknown = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            message += next((did_you_mean(w.split("=")[0], flags) for w in unknown
+                             if did_you_mean(w.split("=")[0], flags)), "")
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(options=OPTIONS):
     """The command line of the option table `options` ({name: Option}; main.py passes the core
     table plus the registries' flags): one flag per declared flag, its default and help from the
     declaration, grouped as utils.option_table.GROUPS; the YAML keys without a flag in the epilog."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="main.py", description="JacobiNeRF: NeRF training, Jacobi shaping, label propagation.\n"
         "Every flag, its default included, overrides the YAML key of the same name (experiment/train/render);\n"
         "a flag whose default names the YAML's key leaves it alone when not given.",
@@ -102,7 +115,10 @@ def parse_number(text):
             return _UNOPS[type(node.op)](ev(node.operand))
         raise ValueError(f"not a number: {text!r}")
 
-    return ev(tree)
+    try:
+        return ev(tree)
+    except (ZeroDivisionError, OverflowError) as exc:      # '0/0', '1e308**2': not a number
+        raise ValueError(f"not a number: {text!r} ({exc})") from None
 
 
 def _numify(section, key, value):
@@ -116,6 +132,11 @@ def _numify(section, key, value):
         except ValueError:
             return value
     return value
+
+
+def numify(config):
+    """A config's arithmetic strings as numbers (string-typed keys stay strings)."""
+    return {s: _numify(s, s, v) for s, v in config.items()}
 
 
 def load_yaml_config(path):
@@ -136,7 +157,7 @@ def load_yaml_config(path):
     for section in ("experiment", "model", "render", "train", "logging"):
         if not isinstance(config.get(section), dict):
             raise InputError(f"--config_file: {path} has no '{section}:' section")
-    config = {s: _numify(s, s, v) for s, v in config.items()}
+    config = numify(config)
     if config["experiment"].get("ckpt_path") == "None":
         config["experiment"]["ckpt_path"] = None
     return config
@@ -158,6 +179,47 @@ def merge_flags(config, args):
     if flags.get("N_iters") is not None:
         config["train"]["N_iters"] = flags["N_iters"]
     return config
+
+
+def given_flags(parser, argv):
+    """The flags `argv` gives explicitly (argparse fills in the others' defaults, so parse again
+    with every default suppressed)."""
+    defaults = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a in parser._actions:
+            a.default = defaults[a.dest]
+
+
+def shadowed_keys(yaml_config, args, given):
+    """[(key, its sections, YAML value, value in force)] of the YAML keys that a flag's default overwrote
+    (the original's merge rule: every original flag, default included, overwrites its key in
+    experiment/train/render; so do the registries' store_true flags): keys of flags not given whose
+    YAML value differs; one entry per key."""
+    flags = vars(args) if not isinstance(args, dict) else dict(args)
+    found = {}
+    for section in SECTIONS_OVERRIDDEN:
+        for key, value in (yaml_config.get(section) or {}).items():
+            if key not in flags or key in given or (key == "gpu" and section == "experiment"):
+                continue                   # experiment.gpu holds unless --gpu is given (merge_flags)
+            now = flags[key]
+            if (now is not None or key in ORIGINAL_FLAGS) and now != value:
+                entry = found.setdefault(key, [key, [], value, now])
+                entry[1].append(section)
+    return [tuple(e) for e in found.values()]
+
+
+def shadowed_note(shadowed):
+    """The one warning line that lists the shadowed keys, or None."""
+    if not shadowed:
+        return None
+    items = ", ".join(f"{'/'.join(sections)}.{key} {value!r} -> {now!r}" for key, sections, value, now in shadowed)
+    flags = " ".join(f"--{key}" for key, _, _, _ in shadowed)
+    return (f"warning: flag defaults override these YAML keys (the original's rule: every flag, default included, "
+            f"overwrites its key in experiment/train/render): {items}; give the flags to set them ({flags})")
 
 
 def save_resolved_config(config, save_dir):

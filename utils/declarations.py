@@ -9,6 +9,7 @@ given, so the YAML key (and then `default`) holds. The checks a value gets (type
 choices) are declared here too and applied wherever it is read (`Values`).
 """
 import argparse
+import difflib
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Tuple
@@ -16,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 from utils.errors import InputError
 
 SECTIONS = ("experiment", "model", "render", "train", "logging")
+MERGED_SECTIONS = ("experiment", "train", "render")    # every flag is merged into these (the original's rule)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Option:
     choices: Optional[Tuple[str, ...]] = None
     item: type = int             # element type of a list flag (nargs="*")
     parse: Optional[Callable] = None   # argparse type when it differs from `type` (e.g. '250e3' for an int)
+    check: Optional[Callable] = None   # value -> None, or what is expected (a rule range/choices cannot say)
 
     @property
     def value(self):
@@ -78,10 +81,25 @@ def option_table(*options):
 # ------------------------------------------------------------------------------- reading values
 
 class Values:
-    """Typed, checked reads of the merged config by declaration; an error names the flag or key."""
+    """Typed, checked reads of the merged config by declaration; an error names the flag or key.
+    given: the flags given on the command line, when known; a value of this project's flag that
+    was not given came from the YAML, and its error names the YAML key."""
 
-    def __init__(self, config: Mapping, options: Mapping[str, Option]):
-        self.config, self.options = config, options
+    def __init__(self, config: Mapping, options: Mapping[str, Option], given=None):
+        self.config, self.options, self.given = config, options, given
+
+    def label(self, opt):
+        if opt.flag and opt.keeps_yaml and self.given is not None and opt.name not in self.given:
+            return f"{opt.section}.{opt.name}"
+        return opt.label
+
+    def check_all(self):
+        """Check every value the config holds against its declaration (type, range, choices), also
+        those the chosen mode does not read, so no bad value passes unnoticed; a missing required
+        value is left to the reader that needs it."""
+        for name, opt in self.options.items():
+            if (self.config.get(opt.section) or {}).get(name) is not None:
+                self.get(name, required=False)
 
     def raw(self, name):
         """The value in its section, or the declared default when absent (or null); unchecked."""
@@ -110,37 +128,96 @@ class Values:
             raise self.missing(opt, why)
         if value is None:
             return None
+        label = self.label(opt)
         if opt.type is bool:
-            return bool(value)
-        if opt.type is str:
+            if not isinstance(value, (bool, int)) or isinstance(value, int) and value not in (0, 1):
+                raise InputError(f"{label} {value!r}: expected true or false")
+            value = bool(value)
+        elif opt.type is str:
+            if isinstance(value, (dict, list, tuple)):
+                raise InputError(f"{label} {value!r}: expected a string")
             value = str(value)
         elif opt.type is list:
-            return tuple(value)
+            value = _list(opt, label, value)
         else:
-            value = _number(opt, value)
+            value = _number(opt, label, value)
         if opt.choices is not None and value not in opt.choices:
-            raise InputError(f"{opt.label} {value!r}: expected one of {', '.join(opt.choices)}")
+            raise InputError(f"{label} {value!r}: expected one of {', '.join(opt.choices)}")
+        if opt.check is not None and (expected := opt.check(value)) is not None:
+            raise InputError(f"{label} {value!r}: expected {expected}")
         return value
 
 
-def _number(opt, value):
+def _list(opt, label, value):
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{label} {value!r}: expected a list")
+    if opt.item in (int, float):
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value):
+            raise InputError(f"{label} {list(value)!r}: expected a list of numbers")
+        if opt.item is int and any(not float(x).is_integer() for x in value):
+            raise InputError(f"{label} {list(value)!r}: expected a list of integers")
+        value = [opt.item(x) for x in value]
+    return tuple(value)
+
+
+def _number(opt, label, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{opt.label} {value!r}: expected a number")
+        raise InputError(f"{label} {value!r}: expected a number")
     if opt.type is int:
         if isinstance(value, float):
             if not math.isfinite(value) or not value.is_integer():
-                raise InputError(f"{opt.label} {value!r}: expected an integer")
+                raise InputError(f"{label} {value!r}: expected an integer")
             value = int(value)
     else:
         value = float(value)
         if not math.isfinite(value):
-            raise InputError(f"{opt.label} {value}: expected a finite number")
+            raise InputError(f"{label} {value}: expected a finite number")
         if opt.positive and value <= 0:
-            raise InputError(f"{opt.label} {value}: expected a number > 0")
+            raise InputError(f"{label} {value}: expected a number > 0")
     if opt.low is not None and value < opt.low or opt.high is not None and value > opt.high:
         expected = f"at least {opt.low}" if opt.high is None else f"a value in [{opt.low}, {opt.high}]"
-        raise InputError(f"{opt.label} {value}: expected {expected}")
+        raise InputError(f"{label} {value}: expected {expected}")
     return value
+
+
+# ------------------------------------------------------------------------------- the YAML's keys
+
+def did_you_mean(word, candidates):
+    """' (did you mean X?)' for the closest of `candidates`, or ''."""
+    by_lower = {str(c).lower(): c for c in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]}?)" if close else ""
+
+
+def section_keys(options, section):
+    """The keys a YAML section may hold: its declared keys, and in the merged sections every flag
+    (the original's rule copies every flag there, so exp_config.yaml holds them all)."""
+    return [n for n, o in options.items() if o.section == section or (section in MERGED_SECTIONS and o.flag)]
+
+
+def check_config_keys(config, options, source):
+    """InputError (naming `source`, the YAML file) for a section or key the run would ignore: an
+    unknown one (with the closest known name), or a key of another section (this project's flags and
+    the keys without a flag are read from their own section only; a copy there with the same value,
+    as exp_config.yaml writes, is fine)."""
+    for section, values in config.items():
+        if section not in SECTIONS:
+            raise InputError(f"{source}: unknown section '{section}:'{did_you_mean(section, SECTIONS)}; the "
+                             f"sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, Mapping):
+            raise InputError(f"{source}: section '{section}:' is not a mapping of keys")
+        for key, value in values.items():
+            opt = options.get(key)
+            if opt is None:
+                raise InputError(f"{source}: unknown key {section}.{key}"
+                                 f"{did_you_mean(key, section_keys(options, section))} (python main.py --help "
+                                 "lists the keys)")
+            if opt.section == section or (section in MERGED_SECTIONS and opt.flag and not opt.keeps_yaml):
+                continue
+            if (config.get(opt.section) or {}).get(key) == value:
+                continue
+            raise InputError(f"{source}: {section}.{key} is not read from '{section}:'; {key} belongs in "
+                             f"'{opt.section}:'")
 
 
 # ------------------------------------------------------------------------------- the parser
@@ -148,7 +225,7 @@ def _number(opt, value):
 def int_like(text):
     """argparse type accepting '250000' as well as '250e3' (the original's default is 250e3)."""
     value = float(text)
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
     return int(value)
 

@@ -26,6 +26,12 @@ GROUPS = {
 }
 
 
+def _device_index(text):
+    """--gpu: empty or CUDA device indices ('0'; '1,2' uses the first), checked on a CPU too."""
+    parts = [p.strip() for p in str(text).split(",")] if str(text).strip() else []
+    return None if all(p.isdigit() for p in parts) else "a CUDA device index such as 0 (empty: experiment.gpu, else 0)"
+
+
 def _flag(name, type, default, help, group, **kw):
     return Option(name, type, default, help, group, **kw)
 
@@ -52,7 +58,7 @@ OPTIONS = option_table(
          "a folder is refused", "run"),
     _new("keep_ckpts", int, None, "keep the newest N checkpoints plus the final one (None: all)", "run", low=1),
     _flag("render_only", B, False, "render the test views of --ckpt_path and exit", "run"),
-    _flag("gpu", str, "", "CUDA device index; ignored without CUDA", "run"),
+    _flag("gpu", str, "", "CUDA device index; ignored without CUDA", "run", check=_device_index),
     _new("seed", int, None, "seed every random draw; None = unseeded, as the original", "run", low=0),
     _new("precision", str, DEFAULT_PRECISION, precision_help(), "run", choices=tuple(PRECISIONS)),
     _new("no_cuda_graph", B, False, "on CUDA, run every training step eagerly (otherwise each step is one "

@@ -3,10 +3,14 @@
 - `check_output_dir`: the folder is creatable and writable and is not a file;
 - `RunLock`: `<save_dir>/.lock` holds the PID of the live run; a second run into the folder stops
   with a message naming that PID (a lock whose process is gone is stale and taken over);
-- `prepare_run_dir`: a folder that already holds another run's results is refused unless the run
-  continues it (`--resume`) or clears it (`--overwrite`, which keeps the seed folder: seeds are
-  inputs a later run reads); a stale `metrics.json` is removed when a run starts (it is written
-  again only when the run finishes); temporary files of writes killed mid-way are removed.
+- `check_run_dir` (before anything is read): a folder that already holds another run's results is
+  refused unless the run continues it (`--resume`) or clears it (`--overwrite`, which keeps the
+  seed folder: seeds are inputs a later run reads); `inputs_inside` lists the inputs that
+  `--overwrite` would delete (the run refuses them);
+- `start_run_dir` (once every input is validated and the checkpoint loaded, main.py): `--overwrite`
+  clears the folder, a stale `metrics.json` is removed (it is written again only when the run
+  finishes), temporary files of writes killed mid-way are removed. Until then nothing in the
+  folder changes, so a run that stops on bad input leaves it as it was.
 
 A run that has started can still stop on a fault; these are `RunStopped` exceptions that
 `main.py` prints as one line with their own exit code (docs/RELIABILITY.md):
@@ -121,21 +125,43 @@ def clear_run_dir(save_dir, keep=()):
             os.remove(path)
 
 
-def prepare_run_dir(save_dir, resume=False, overwrite=False, keep=("seeds",)):
-    """Check a locked save_dir before a run: refuse another run's results unless resume/overwrite,
-    clear it with overwrite, remove stale metrics and orphan temporary files."""
-    clean_orphans(save_dir)
+def check_run_dir(save_dir, resume=False, overwrite=False):
+    """Refuse a folder holding another run's results unless resume/overwrite; changes nothing."""
     previous = previous_results(save_dir)
     if previous and not (resume or overwrite):
         shown = ", ".join(previous)
         raise InputError(f"--save_dir {save_dir} already holds a run ({shown}); pass --resume to continue it, "
                          "--overwrite to clear it, or choose another --save_dir")
+
+
+def start_run_dir(save_dir, overwrite=False, keep=("seeds",)):
+    """The run starts: remove orphan temporary files, clear the folder with overwrite (but `keep`),
+    remove stale metrics."""
+    clean_orphans(save_dir)
     if overwrite:
         clear_run_dir(save_dir, keep)
     for name in METRICS_FILES:
         path = os.path.join(save_dir, name)
         if os.path.isfile(path):
             os.remove(path)
+
+
+def prepare_run_dir(save_dir, resume=False, overwrite=False, keep=("seeds",)):
+    """check_run_dir, then start_run_dir (for callers with no inputs to validate in between)."""
+    check_run_dir(save_dir, resume, overwrite)
+    start_run_dir(save_dir, overwrite, keep)
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def inputs_inside(save_dir, inputs, keep=("seeds",)):
+    """The (name, path) of `inputs` that --overwrite would delete: inside save_dir, not under a kept
+    entry."""
+    return [(name, p) for name, p in inputs if p and _inside(p, save_dir)
+            and not any(_inside(p, os.path.join(save_dir, k)) for k in keep)]
 
 
 # ---------------------------------------------------------------------------------- faults after the start
@@ -222,11 +248,12 @@ class StopSignals:
         self._previous.clear()
 
 
-def exit_on_sigterm():
-    """SIGTERM raises SystemExit(143) (after one line on stderr), so `with` blocks (the run lock,
-    atomic writes) clean up; the training loop replaces it with `StopSignals` while it runs."""
+def exit_on_sigterm(hint=""):
+    """SIGTERM raises SystemExit(143) (after one line on stderr, `hint` appended), so `with` blocks
+    (the run lock, atomic writes) clean up; the training loop replaces it with `StopSignals` while it
+    runs."""
     def handler(signum, frame):
-        print("terminated (SIGTERM)", file=sys.stderr, flush=True)
+        print("terminated (SIGTERM)" + (f"; {hint}" if hint else ""), file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
 
