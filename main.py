@@ -78,8 +78,9 @@ def options_from_config(config, given=None):
 
 def parse_options(argv=None, notes=None):
     """(parsed args, RunOptions or None for --demo): the whole flag path of main.py. The YAML's keys
-    are checked (an unknown or misplaced key stops with its name); `notes` (a list) receives the
-    warning line of YAML keys that flag defaults override (the original's merge rule, kept)."""
+    are checked (an unknown or misplaced key stops with its name). The lines printed at start are
+    RunOptions.notes: the warning of YAML keys that flag defaults override (the original's merge
+    rule, kept) and the options' own notes; `notes` (a list) receives them too."""
     p = parser()
     args = p.parse_args(argv)
     if args.demo:
@@ -88,9 +89,13 @@ def parse_options(argv=None, notes=None):
     yaml_config = load_yaml_config(args.config_file)
     check_config_keys(yaml_config, options(), f"--config_file {args.config_file}")
     config = merge_flags(yaml_config, args)
-    if notes is not None and (note := shadowed_note(shadowed_keys(yaml_config, args, given))):
-        notes.append(note)
-    return args, options_from_config(config, given)
+    opts = options_from_config(config, given)
+    shadowed = shadowed_note(shadowed_keys(yaml_config, args, given))
+    if shadowed:
+        opts = dataclasses.replace(opts, notes=(shadowed,) + opts.notes)
+    if notes is not None:
+        notes.extend(opts.notes)
+    return args, opts
 
 
 def configure_threads():
@@ -186,8 +191,6 @@ def run_mode(opts):
     rng = seed_everything(opts.seed)
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
-    for note in opts.notes:
-        print(f"[jnerf] note: {note}", flush=True)
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
@@ -231,11 +234,10 @@ def main(argv=None):
 
 
 def _main(argv):
-    notes = []
-    args, opts = parse_options(argv, notes)
+    args, opts = parse_options(argv)
     if args.demo:
         return run_demo(args)
-    for note in notes:
+    for note in opts.notes:
         print(note, file=sys.stderr, flush=True)
     try:
         run(opts)

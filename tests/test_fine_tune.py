@@ -233,7 +233,7 @@ def test_options_choices_and_shaping_from_scratch(tmp_path, scene_dir):
     assert parse_options(base)[1].shaping.lr_schedule == "continue"
     assert parse_options(base + ["--shaping_lr", "restart"])[1].shaping.lr_schedule == "restart"
     assert parse_options(base)[1].shaping.optimizer_state == "restore"
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="--shaping_lr: invalid choice: 'warm'"):
         parse_options(base + ["--shaping_lr", "warm"])
 
 

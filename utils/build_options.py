@@ -75,8 +75,8 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
         # a comparison is scored on the test split; frame 0 is a training view (and a scene loaded
         # without its test frames can number its classes differently from the seeds' scene)
         data = dataclasses.replace(data, training_mode=False)
-        notes += ("--training_mode is ignored by --semantic_nerf: its labels are scored on the scene's test split, "
-                  "as every other method's",)
+        notes += ("note: --training_mode is ignored by --semantic_nerf: its labels are scored on the scene's test "
+                  "split, as every other method's",)
     if v.is_set("load_saved") and v.is_set("visualise_save"):
         raise InputError("--load_saved and --visualise_save are exclusive (load seeds, or make and save them)")
     _check_label_map_ids(v)

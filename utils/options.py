@@ -183,5 +183,5 @@ class RunOptions:
     propagation: Optional[PropagationOptions] = None
     edit: Optional[EditOptions] = None
     semantic: Optional[SemanticOptions] = None
-    notes: Tuple[str, ...] = ()           # lines main.py prints at start (an option the mode ignores, ...)
+    notes: Tuple[str, ...] = ()           # lines main.py prints at start (warning: / note: ...)
     config: Mapping = field(default_factory=dict, compare=False, repr=False)   # the resolved YAML
