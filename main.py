@@ -79,8 +79,19 @@ def parse_options(argv=None):
     args = parser().parse_args(argv)
     if args.demo:
         return args, None
+    check_loader_flags(args)
     config = merge_flags(load_yaml_config(args.config_file), args)
     return args, options_from_config(config)
+
+
+def check_loader_flags(args):
+    """A loader's own flag given with another --dataset_type would go unused: refuse it (a YAML may
+    hold several layouts' keys; only the chosen layout's are read)."""
+    for name, loader in LOADERS.items():
+        for o in (loader.options.options if loader.options and name != args.dataset_type else ()):
+            if getattr(args, o.name) not in (None, False):
+                raise InputError(f"--{o.name} is an option of --dataset_type {name}; this run reads "
+                                 f"--dataset_type {args.dataset_type}")
 
 
 def configure_threads():

@@ -37,7 +37,7 @@ def data(path, kind="nerfstudio", w=W, h=H, **kw):
 def test_room_capture_and_replica_layout_give_the_same_rays(room):
     cap, gt = room
     a = load_scene(data(gt, "replica"))
-    b = load_scene(data(cap), NerfstudioOptions(near_far=(a.near, a.far)))
+    b = load_scene(data(cap, loader=NerfstudioOptions(ns_near_far=(a.near, a.far))))
     assert b.intrinsics == a.intrinsics                       # fx = W/2, cx = (W-1)/2 after the -0.5
     assert (b.intrinsics.cx, b.intrinsics.fx) == ((W - 1) / 2, W / 2)
     for sa, sb in ((a.train, b.train), (a.test, b.test)):
@@ -72,14 +72,14 @@ def test_near_far_from_depth_percentiles_and_override(room):
     assert scene.near == pytest.approx(0.5 * np.percentile(d, 0.5)) and scene.far == pytest.approx(
         1.5 * np.percentile(d, 99.5))
     assert scene.extra["normalisation"]["scale"] == 1.0             # depth: metric, kept
-    given = load_nerfstudio(data(cap), NerfstudioOptions(near_far=(0.2, 7.0)))
+    given = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_near_far=(0.2, 7.0))))
     assert (given.near, given.far) == (0.2, 7.0) and given.cameras(given.test).near == 0.2
 
 
 def test_cameras_normalisation_keeps_depth_consistent(room):
     cap, _ = room
-    raw = load_nerfstudio(data(cap), NerfstudioOptions(normalise="none"))
-    norm = load_nerfstudio(data(cap), NerfstudioOptions(normalise="cameras"))
+    raw = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_normalise="none")))
+    norm = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_normalise="cameras")))
     centres = raw.all_poses[:, :3, 3].double()
     c = centres.mean(0)
     s = 1.0 / float(((centres - c) ** 2).sum(1).mean().sqrt())
@@ -137,7 +137,7 @@ def _hand_capture(root):
 
 def test_per_frame_intrinsics_and_distortion_resampled_into_the_common_camera(tmp_path):
     frames = _hand_capture(str(tmp_path))
-    scene = load_nerfstudio(data(tmp_path, w=40, h=30), NerfstudioOptions(split_step=1))
+    scene = load_nerfstudio(data(tmp_path, w=40, h=30, loader=NerfstudioOptions(ns_split_step=1)))
     # order: a_2, a_3, a_10 (digits as numbers); the first frame's camera is the common one
     assert [s.file for s in scene.frames] == ["images/a_2.png", "images/a_3.png", "images/a_10.png"]
     i = scene.intrinsics
@@ -210,7 +210,7 @@ def test_split_lists_semantic_masks_and_frame_order(tmp_path):
     order, train = frame_order(root)
     assert [s.path for _, s in order][:2] == [os.path.join(root, "images/f0.png"), os.path.join(root, "images/f1.png")]
     assert train == [0, 2, 3]
-    plain = load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(split_lists=False, split_step=2))
+    plain = load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_ignore_split_lists=True, ns_split_step=2)))
     assert plain.train.ids == [0, 2, 4] and plain.test.ids == [1, 3, 5]
 
 
@@ -275,11 +275,11 @@ def test_missing_file_unreadable_depth_and_refused_distortion(tmp_path):
         load_nerfstudio(data(root, w=16, h=12))
     root = _one_frame_capture(str(tmp_path / "k"), {"k1": 0.05})
     with pytest.raises(InputError, match=r"frame 'images/x.png' has lens distortion \('k1' = 0.05\)"):
-        load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(distortion="refuse"))
+        load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_distortion="refuse")))
     with pytest.raises(InputError, match="aspect ratio"):
         load_nerfstudio(data(root, w=16, h=16))
     with pytest.raises(InputError, match="normalise 'bad'"):
-        load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(normalise="bad"))
+        load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_normalise="bad")))
 
 
 def test_capture_writer_cli_byte_copies_and_ground_truth_apart(tmp_path, capsys):
