@@ -2,8 +2,10 @@
 same rays as its Replica layout; intrinsics per frame and lens distortion are resampled into the
 common camera (checked against OpenCV's own point undistortion on an analytic image); near/far,
 normalisation and splits from the data; bad input refused by name."""
+import dataclasses
 import json
 import os
+import re
 
 import cv2
 import imageio.v3 as iio
@@ -220,9 +222,40 @@ def test_registry_and_example_config(room, tmp_path):
     _, opts = jnerf_main.parse_options(["--config_file", "configs/nerfstudio_example.yaml", "--dataset_type",
                                         "nerfstudio", "--save_dir", str(tmp_path)])
     assert opts.data.dataset_type == "nerfstudio"
-    import dataclasses
     scene = load_scene(dataclasses.replace(opts.data, dataset_dir=cap, width=W, height=H))
     assert len(scene.train) == 2 and scene.height == H
+    assert opts.data.loader == NerfstudioOptions()            # every setting at its declared default
+
+
+def test_loader_flags_and_yaml_keys_reach_the_loader(room, tmp_path):
+    """--ns_* flags (and their YAML keys in `experiment`) become data.loader, read only for this layout."""
+    import yaml
+    cap, _ = room
+    with open("configs/nerfstudio_example.yaml") as f:
+        cfg = yaml.safe_load(f)
+    cfg["experiment"].update(dataset_dir=cap, width=W, height=H, ns_split_step=2, ns_normalise="cameras")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _, opts = jnerf_main.parse_options(["--config_file", str(config), "--dataset_type", "nerfstudio", "--save_dir",
+                                        str(tmp_path), "--ns_near_far", "0.25", "6", "--ns_depth_scale", "0.002",
+                                        "--ns_ignore_split_lists", "--ns_distortion", "refuse"])
+    assert opts.data.loader == NerfstudioOptions(ns_near_far=(0.25, 6.0), ns_depth_scale=0.002, ns_normalise="cameras",
+                                                 ns_split_step=2, ns_ignore_split_lists=True, ns_distortion="refuse")
+    scene = load_scene(opts.data)
+    assert scene.train.ids == list(range(0, FRAMES, 2)) and (scene.near, scene.far) == (0.25, 6.0)
+    assert scene.extra["near_far_from"] == "--ns_near_far" and scene.extra["normalisation"]["scale"] != 1.0
+    # the depth scale: depth files in mm read as 2 mm units, times the normalisation scale
+    plain = load_scene(dataclasses.replace(opts.data, loader=NerfstudioOptions(ns_normalise="cameras")))
+    assert torch.allclose(scene.train.depth[0], 2 * plain.train.depth[0])
+    # the same keys for the Replica layout are not read (a YAML may hold several layouts' keys)
+    _, opts = jnerf_main.parse_options(["--config_file", str(config), "--save_dir", str(tmp_path)])
+    assert opts.data.loader is None
+    for argv, expected in ((["--ns_split_step", "0"], "--ns_split_step 0: expected at least 1"),
+                           (["--ns_near_far", "1"], "--ns_near_far 1.0: expected two numbers NEAR FAR"),
+                           (["--ns_depth_scale", "-1"], "--ns_depth_scale -1.0: expected a number > 0")):
+        with pytest.raises(InputError, match=re.escape(expected)):
+            jnerf_main.parse_options(["--config_file", str(config), "--dataset_type", "nerfstudio", "--save_dir",
+                                      str(tmp_path), *argv])
 
 
 # ----------------------------------------------------------------------------- bad input
