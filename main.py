@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from datasets.clicks import read_clicks, with_user_labels
 from datasets.registry import LOADERS, load_scene
 from models.checkpoints import check_checkpoint_path, latest_checkpoint
 from models.factory import build_renderer, select_device
@@ -121,6 +122,21 @@ def check_outputs(opts):
             raise InputError(f"--seed_dir {opts.seeds.seed_dir} is a file, not a folder")
         if opts.seeds.visualise_save:
             check_output_dir(opts.seeds.seed_dir, "--seed_dir")
+        if opts.seeds.user.clicks:
+            read_clicks(opts.seeds.user.clicks)     # the file's own content; the scene's checks follow its load
+    export = opts.propagation.export if opts.propagation is not None else None
+    if export is not None:
+        check_output_dir(export.out_dir, "--label_all_frames")
+
+
+def kept_folders(opts):
+    """What --overwrite keeps in save_dir: the seed folder, and the label export (resumable; a folder
+    of another propagation's labels is refused by propagation/export.py, not mixed)."""
+    keep = ["seeds"]
+    export = opts.propagation.export if opts.propagation is not None else None
+    if export is not None and os.path.dirname(os.path.abspath(export.out_dir)) == os.path.abspath(opts.save_dir):
+        keep.append(os.path.basename(os.path.abspath(export.out_dir)))
+    return tuple(keep)
 
 
 def resume_checkpoint(opts):
@@ -139,7 +155,7 @@ def run(opts):
     """Run the mode of a RunOptions in its locked save_dir; returns the mode's metrics dict."""
     check_outputs(opts)
     with RunLock(opts.save_dir):
-        prepare_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite)
+        prepare_run_dir(opts.save_dir, resume=opts.resume, overwrite=opts.overwrite, keep=kept_folders(opts))
         try:
             return run_mode(resume_checkpoint(opts))
         except OSError as exc:          # a failed write: one line naming the file (docs/RELIABILITY.md)
@@ -155,11 +171,22 @@ def run_mode(opts):
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
     scene = load_scene(opts.data)
-    if opts.seeds is not None and opts.seeds.instance:
-        scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    if opts.seeds is not None:
+        scene = with_user_labels(scene, opts.seeds.user)    # --clicks / --scribbles, every entry checked
+        check_label_source(opts, scene)
     renderer = build_renderer(opts.model, device, opts.precision)
     save_resolved_config(opts.config, opts.save_dir)
     return MODES[opts.mode].entry(opts, scene, renderer, rng)
+
+
+def check_label_source(opts, scene):
+    """A mode that starts from labels has them: the user's, or ground truth to simulate seeds from."""
+    if opts.seeds.instance:
+        scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    if scene.seeds is None and not scene.has_labels:
+        what = "Jacobi shaping with label supervision" if opts.mode == "shape" else MODES[opts.mode].help
+        raise InputError(f"{what} starts from labels, and {scene.root} has no ground-truth label maps to take "
+                         "them from: give yours with --clicks FILE or --scribbles DIR (docs/OWN_SCENE.md)")
 
 
 def run_demo(args):

@@ -44,15 +44,9 @@ from datasets.label_space import LabelSpace, palette_colour, parse_classes, reso
 from datasets.seeds import Seeds
 from datasets.sources import FrameSource
 from utils.errors import InputError
+from utils.options import UserLabelOptions  # noqa: F401  (--clicks / --scribbles; imported from here too)
 
 CLICK_KEYS = ("frame", "x", "y", "label")
-
-
-@dataclass(frozen=True)
-class UserLabelOptions:
-    """Where the user's labels are (later the flags --clicks FILE and --scribbles DIR)."""
-    clicks: Optional[str] = None
-    scribbles: Optional[str] = None
 
 
 @dataclass(frozen=True)

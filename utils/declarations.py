@@ -35,6 +35,7 @@ class Option:
     choices: Optional[Tuple[str, ...]] = None
     item: type = int             # element type of a list flag (nargs="*")
     parse: Optional[Callable] = None   # argparse type when it differs from `type` (e.g. '250e3' for an int)
+    const: Any = None            # a flag whose value may be left out (nargs='?'): then it holds this
 
     @property
     def value(self):
@@ -196,6 +197,8 @@ def add_flags(parser, options, titles):
             kw.update(nargs="*", type=o.item)
         else:
             kw.update(type=o.parse or o.type, choices=o.choices)
+            if o.const is not None:
+                kw.update(nargs="?", const=o.const)
         groups[o.group].add_argument(f"--{o.name}", **kw)
     return parser
 
