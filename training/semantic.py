@@ -159,7 +159,7 @@ def train_semantic(opts, scene, renderer, rng):
                    test_split="frame 0 (--training_mode)" if opts.data.training_mode else "test",
                    checkpoint=opts.ckpt_path, **result)
     for kind, m in evals.items():
-        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS},
+        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS if k in m},
                                            metrics=os.path.join(opts.save_dir, f"semantic_{kind}", "metrics.json"))
     write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
     if result:
