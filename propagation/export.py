@@ -213,9 +213,8 @@ def write_all_frames(label_fn, sources, classes, options, render_size=None, prov
             else:
                 labels, conf, rgb = label_fn(gid, src)
                 raw = classes.raw_ids[labels].astype(np.uint16)
-                vis = overlay(rgb, labels, classes.colours)
-                conf8 = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
-                pending.append(pool.submit(_write_frame, lab_path, vis_path, conf_path, raw, vis, conf8))
+                pending.append(pool.submit(_write_frame, lab_path, vis_path, conf_path, raw, labels, conf, rgb,
+                                           classes.colours))       # the overlay is made by the writer thread
                 rendered += 1
             counts += np.bincount(lut[np.minimum(raw.ravel().astype(np.int64), len(lut) - 1)],
                                   minlength=len(classes.raw_ids) + 1)[:len(classes.raw_ids)]
@@ -230,9 +229,9 @@ def write_all_frames(label_fn, sources, classes, options, render_size=None, prov
     return summary
 
 
-def _write_frame(lab_path, vis_path, conf_path, raw, vis, conf8):
-    write_png(conf_path, conf8)
-    write_png(vis_path, vis)
+def _write_frame(lab_path, vis_path, conf_path, raw, labels, conf, rgb, colours):
+    write_png(conf_path, np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))
+    write_png(vis_path, overlay(rgb, labels, colours))
     write_png(lab_path, raw)            # last: its presence marks the frame complete
 
 

@@ -256,6 +256,22 @@ def test_every_mode_runs_on_the_capture_and_its_clicks(small, capsys, tmp_path):
         assert m["metrics_skipped"] and "miou" not in m
     for f in ("0_label.png", "0_vis_label.png"):
         assert os.path.isfile(tmp_path / "semantic" / "semantic_2d" / f)
+    # scribbles: a 3x3 patch of each class around its click on frame 0, alone and with the clicks
+    scribbles = tmp_path / "painted"
+    os.makedirs(scribbles)
+    paint = np.zeros((H, W), np.uint16)
+    by_name = {c["name"]: c["id"] for c in small["classes"]}
+    for c in yaml.safe_load(open(small["clicks"]))["clicks"]:
+        paint[max(0, c["y"] - 1):c["y"] + 2, max(0, c["x"] - 1):c["x"] + 2] = by_name[c["label"]]
+    iio.imwrite(scribbles / "frame_00000.png", paint)
+    with open(scribbles / "classes.yaml", "w") as f:
+        yaml.safe_dump(dict(classes=small["classes"]), f)
+    for extra, name in ((["--scribbles", str(scribbles)], "scribbles"),
+                        (["--scribbles", str(scribbles), *clicks], "clicks_clicks_scribbles")):
+        ok(capsys, config, tmp_path / name, *cap, *PROPAGATE, "--ckpt_path", ckpt, *extra, "--visualise_save")
+        m = json.load(open(tmp_path / name / "metrics.json"))
+        assert m["seeds"] == name and m["labelled_frames"] == [0] and len(m["given_classes"]) <= n
+        assert json.load(open(tmp_path / name / "seeds" / name / "seeds.json"))["labelled_frames"] == [0]
     ok(capsys, config, tmp_path / "render", *cap, "--render_only", *RUN, "--ckpt_path", ckpt)
     ok(capsys, config, tmp_path / "edit", *cap, "--perturb_gradient", "--rgb_layer", "--N_rays", "1", *RUN,
        "--ckpt_path", ckpt)
@@ -299,6 +315,11 @@ def test_bad_clicks_and_flag_conflicts_are_refused_by_name(small, capsys, tmp_pa
     line = refused(capsys, config, tmp_path / "r", "--dataset_type", "nerfstudio", "--ns_near_far", "5", "1",
                    *PROPAGATE, "--ckpt_path", ckpt, "--clicks", ok_file)
     assert "--ns_near_far 5.0 1.0: expected 0 <= NEAR < FAR" in line
-    # a capture without labels and without clicks: nothing to propagate from
+    # a capture without labels and without clicks: nothing to propagate from, nothing to shape or train on
     line = refused(capsys, config, tmp_path / "r", *run)
-    assert "has no ground-truth label maps" in line and "--clicks FILE or --scribbles DIR" in line
+    assert line.startswith("error: 2D label propagation starts from labels") and "--clicks FILE or --scribbles DIR" in line
+    line = refused(capsys, config, tmp_path / "r", *cap, *RUN, "--contrastive_2d", "--rgb_layer", "--from_label",
+                   "--N_iters", "1")
+    assert line.startswith("error: Jacobi shaping with label supervision starts from labels")
+    line = refused(capsys, config, tmp_path / "r", *cap, *RUN, "--semantic_nerf", "--N_iters", "1")
+    assert line.startswith("error: the Semantic-NeRF baseline starts from labels")
