@@ -52,6 +52,15 @@ def test_shipped_room_clicks_land_on_their_classes():
     assert len({c.frame for c in clicks.clicks}) <= 3                  # a few frames
 
 
+def test_room_clicks_by_number_are_the_shipped_clicks_for_the_replica_layout(tmp_path):
+    from experiments import room_clicks
+    assert room_clicks.main(["--by_number", "--out", str(tmp_path / "n.yaml")]) == 0
+    shipped, numbered = yaml.safe_load(open(ROOM_CLICKS)), yaml.safe_load(open(tmp_path / "n.yaml"))
+    assert numbered["classes"] == shipped["classes"]
+    assert numbered["clicks"] == [dict(c, frame=int(c["frame"][len("images/frame_"):-len(".png")]))
+                                  for c in shipped["clicks"]]
+
+
 def ok(capsys, config, save_dir, *flags):
     rc, out, err = run_main(capsys, config, save_dir, *flags)
     assert rc == 0, err[-3000:]
