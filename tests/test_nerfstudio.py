@@ -212,7 +212,8 @@ def test_split_lists_semantic_masks_and_frame_order(tmp_path):
     order, train = frame_order(root)
     assert [s.path for _, s in order][:2] == [os.path.join(root, "images/f0.png"), os.path.join(root, "images/f1.png")]
     assert train == [0, 2, 3]
-    plain = load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_ignore_split_lists=True, ns_split_step=2)))
+    plain = load_nerfstudio(data(root, w=16, h=12,
+                                 loader=NerfstudioOptions(ns_ignore_split_lists=True, ns_split_step=2)))
     assert plain.train.ids == [0, 2, 4] and plain.test.ids == [1, 3, 5]
 
 

@@ -326,7 +326,8 @@ def test_bad_clicks_and_flag_conflicts_are_refused_by_name(small, capsys, tmp_pa
     assert "--ns_near_far 5.0 1.0: expected 0 <= NEAR < FAR" in line
     # a capture without labels and without clicks: nothing to propagate from, nothing to shape or train on
     line = refused(capsys, config, tmp_path / "r", *run)
-    assert line.startswith("error: 2D label propagation starts from labels") and "--clicks FILE or --scribbles DIR" in line
+    assert line.startswith("error: 2D label propagation starts from labels")
+    assert "--clicks FILE or --scribbles DIR" in line
     line = refused(capsys, config, tmp_path / "r", *cap, *RUN, "--contrastive_2d", "--rgb_layer", "--from_label",
                    "--N_iters", "1")
     assert line.startswith("error: Jacobi shaping with label supervision starts from labels")

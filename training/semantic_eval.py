@@ -51,8 +51,9 @@ def label_views(renderer, heads, cameras, chunk=None):
 def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, test_viz_factor=1, info=None):
     """Label every test view in 2D and 3D, write <save_dir>/semantic_2d and semantic_3d (module doc)
     and return {'2d': metrics, '3d': metrics}. A scene without ground-truth labels gets its label
-    maps and no metrics (one 'metrics skipped' line; metrics_skipped in the dicts). given: the seeded classes (evaluation ids); info:
-    fields copied into both metrics dicts (protocol, checkpoint, seeds, ...)."""
+    maps and no metrics (one 'metrics skipped' line; metrics_skipped in the dicts). given: the
+    seeded classes (evaluation ids); info: fields copied into both metrics dicts (protocol,
+    checkpoint, seeds, ...)."""
     dev = renderer.device
     was_training = renderer.training
     renderer.eval()
