@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from datasets.clicks import read_clicks, with_user_labels
 from datasets.registry import LOADERS, load_scene
 from models.checkpoints import check_checkpoint_path, check_networks, latest_checkpoint, load_checkpoint
 from models.factory import build_renderer, select_device
@@ -85,6 +86,7 @@ def parse_options(argv=None, notes=None):
     args = p.parse_args(argv)
     if args.demo:
         return args, None
+    check_loader_flags(args)
     given = given_flags(p, sys.argv[1:] if argv is None else argv)
     yaml_config = load_yaml_config(args.config_file)
     check_config_keys(yaml_config, options(), f"--config_file {args.config_file}")
@@ -96,6 +98,16 @@ def parse_options(argv=None, notes=None):
     if notes is not None:
         notes.extend(opts.notes)
     return args, opts
+
+
+def check_loader_flags(args):
+    """A loader's own flag given with another --dataset_type would go unused: refuse it (a YAML may
+    hold several layouts' keys; only the chosen layout's are read)."""
+    for name, loader in LOADERS.items():
+        for o in (loader.options.options if loader.options and name != args.dataset_type else ()):
+            if getattr(args, o.name) not in (None, False):
+                raise InputError(f"--{o.name} is an option of --dataset_type {name}; this run reads "
+                                 f"--dataset_type {args.dataset_type}")
 
 
 def configure_threads():
@@ -126,16 +138,33 @@ def check_outputs(opts):
             raise InputError(f"--seed_dir {opts.seeds.seed_dir} is a file, not a folder")
         if opts.seeds.visualise_save:
             check_output_dir(opts.seeds.seed_dir, "--seed_dir")
+        if opts.seeds.user.clicks:
+            read_clicks(opts.seeds.user.clicks)     # the file's own content; the scene's checks follow its load
+    export = opts.propagation.export if opts.propagation is not None else None
+    if export is not None:
+        check_output_dir(export.out_dir, "--label_all_frames")
     if opts.overwrite:
         inputs = [("--ckpt_path", opts.ckpt_path), ("--config_file", opts.config["experiment"].get("config_file")),
                   ("experiment.dataset_dir", opts.data.dataset_dir)]
         if opts.seeds is not None and opts.seeds.load_saved:
             inputs.append(("--seed_dir", opts.seeds.seed_dir))
+        if opts.seeds is not None:
+            inputs += [("--clicks", opts.seeds.user.clicks), ("--scribbles", opts.seeds.user.scribbles)]
         inside = inputs_inside(opts.save_dir, inputs)
         if inside:
             name, path = inside[0]
             raise InputError(f"--overwrite would clear --save_dir {opts.save_dir}, which holds an input of this run: "
                              f"{name} {path}; move it out first, or choose another --save_dir")
+
+
+def kept_folders(opts):
+    """What --overwrite keeps in save_dir: the seed folder, and the label export (resumable; a folder
+    of another propagation's labels is refused by propagation/export.py, not mixed)."""
+    keep = ["seeds"]
+    export = opts.propagation.export if opts.propagation is not None else None
+    if export is not None and os.path.dirname(os.path.abspath(export.out_dir)) == os.path.abspath(opts.save_dir):
+        keep.append(os.path.basename(os.path.abspath(export.out_dir)))
+    return tuple(keep)
 
 
 def resume_checkpoint(opts):
@@ -192,6 +221,9 @@ def run_mode(opts):
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
     scene = load_scene(opts.data)
+    if opts.seeds is not None:
+        scene = with_user_labels(scene, opts.seeds.user)    # --clicks / --scribbles, every entry checked
+        check_label_source(opts, scene)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
     note = ray_budget_note(opts, scene) if MODES[opts.mode].trains else None
@@ -204,9 +236,19 @@ def run_mode(opts):
               f"{opts.train.n_iters}, metrics.json); it is left as it was (a larger --N_iters trains on)", flush=True)
         return None
     # every input is validated and the checkpoint loaded: only now does the folder change
-    start_run_dir(opts.save_dir, overwrite=opts.overwrite)
+    start_run_dir(opts.save_dir, overwrite=opts.overwrite, keep=kept_folders(opts))
     save_resolved_config(opts.config, opts.save_dir)
     return MODES[opts.mode].entry(opts, scene, renderer, rng)
+
+
+def check_label_source(opts, scene):
+    """A mode that starts from labels has them: the user's, or ground truth to simulate seeds from."""
+    if opts.seeds.instance:
+        scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    if scene.seeds is None and not scene.has_labels:
+        what = "Jacobi shaping with label supervision" if opts.mode == "shape" else MODES[opts.mode].help
+        raise InputError(f"{what} starts from labels, and {scene.root} has no ground-truth label maps to take "
+                         "them from: give yours with --clicks FILE or --scribbles DIR (docs/OWN_SCENE.md)")
 
 
 def run_demo(args):

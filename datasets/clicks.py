@@ -49,13 +49,6 @@ CLICK_KEYS = ("frame", "x", "y", "label")
 
 
 @dataclass(frozen=True)
-class UserLabelOptions:
-    """Where the user's labels are (later the flags --clicks FILE and --scribbles DIR)."""
-    clicks: Optional[str] = None
-    scribbles: Optional[str] = None
-
-
-@dataclass(frozen=True)
 class Click:
     index: int            # position in the file
     frame: object         # file name or global frame id, as written

@@ -2,7 +2,7 @@
 `ns-process-data` output, instant-ngp's format, or `python -m datasets.synthetic --format nerfstudio`.
 The file's keys and their checks: datasets/nerfstudio_meta.py. The walk-through: docs/OWN_SCENE.md.
 
-What it does with them (settings: `NerfstudioOptions`):
+What it does with them (settings: `NerfstudioOptions`, the flags `--ns_*` of `NERFSTUDIO_OPTIONS`):
 - poses: `transform_matrix` is camera-to-world in OpenGL axes (x right, y up, z backward);
   it becomes the project's OpenCV axes (x right, y down, z forward) by negating its y and z
   columns, c2w_cv = c2w_gl diag(1, -1, -1, 1). The world frame is kept; `experiment.convention`
@@ -10,23 +10,23 @@ What it does with them (settings: `NerfstudioOptions`):
 - intrinsics: nerfstudio puts the first pixel's centre at 0.5, the project at 0, so cx, cy lose
   0.5. Frames whose intrinsics, size or distortion differ from the common camera (the top-level
   intrinsics, else the first frame's, undistorted) are resampled into it with cv2.remap
-  (datasets/sources.py); `distortion='refuse'` stops instead, naming the frame and the key;
+  (datasets/sources.py); `--ns_distortion refuse` stops instead, naming the frame and the key;
 - images of any size are resized to the config's width x height like the Replica loader (bilinear
   for colour and depth, nearest for labels); the config must keep the frames' aspect ratio;
-- depth: uint16 PNG (or .npy) times the depth scale (`depth_scale`, else the file's
+- depth: uint16 PNG (or .npy) times the depth scale (`--ns_depth_scale`, else the file's
   `depth_unit_scale_factor`, else 1e-3: millimetres), z-depth; a depth image of another size
   than its frame is first resized to it (nearest, as nerfstudio);
-- scale: `normalise='auto'` keeps the poses when the capture has depth (its units are then
+- scale: `--ns_normalise auto` keeps the poses when the capture has depth (its units are then
   metres) and otherwise ('cameras') centres the world on the cameras' centroid and scales it so
   that the RMS camera distance from it is 1 (COLMAP poses have an arbitrary scale, and the
   positional encoding is tuned for rooms of a few units); depth is scaled by the same factor, so
   rays and depth stay consistent. The transform is in `scene.extra['normalisation']`;
 - near / far: from depth when present (0.5 x the 0.5th and 1.5 x the 99.5th percentile of the valid
   depths of the loaded frames), else from the camera layout (far = 4 R with R the largest camera
-  distance from the cameras' centroid, near = far / 50); `near_far` overrides both. The config's
+  distance from the cameras' centroid, near = far / 50); `--ns_near_far` overrides both. The config's
   `render.depth_range` is not used by this loader;
 - split: nerfstudio's `train_filenames` / `test_filenames` (or `val_filenames`) when present (and
-  `split_lists`), else the Replica rule every `split_step`-th frame (train 0, 5, 10, ..., test
+  not `--ns_ignore_split_lists`), else the Replica rule every `--ns_split_step`-th frame (train 0, 5, 10, ..., test
   train + 2); `--training_mode` tests on frame 0 only;
 - labels: `semantic_path` label PNGs when every frame has one, else none: `semantic=None`, the
   scene `has_labels` False (propagation then needs clicks or scribbles, datasets/clicks.py);
@@ -47,50 +47,84 @@ from datasets.frames import read_png
 from datasets.nerfstudio_meta import DEFAULT_DEPTH_SCALE, DISTORTION_KEYS, read_capture
 from datasets.scene import Intrinsics, Scene, Split, label_classes, remap_labels, replica_split_ids, resize_image
 from datasets.sources import FrameSource, resample_to_common
+from utils.declarations import Option, OptionGroup
 from utils.errors import InputError
 
 NORMALISE = ("auto", "none", "cameras")
+DISTORTION = ("undistort", "refuse")
 DEPTH_PERCENTILES = (0.5, 99.5)
 DEPTH_MARGINS = (0.5, 1.5)
 LAYOUT_FAR, LAYOUT_NEAR_RATIO = 4.0, 50.0
 
 
+# The loader's own options: flags and YAML keys (section experiment) read only with
+# --dataset_type nerfstudio (datasets/registry.py), arriving as DataOptions.loader; declared once here.
+_OPTIONS = (
+    Option("ns_near_far", list, None, "NEAR FAR: the rays' depth range (in the normalised world) instead of the "
+           "one from depth or the camera layout", "", keeps_yaml=True, item=float),
+    Option("ns_depth_scale", float, None, "metres per depth-file unit (default: the file's "
+           "depth_unit_scale_factor, else 0.001: millimetres)", "", keeps_yaml=True, positive=True),
+    Option("ns_normalise", str, "auto", "world scale: auto (none with depth, cameras without), none, or cameras "
+           "(centred on the cameras, RMS camera distance 1)", "", keeps_yaml=True, choices=NORMALISE),
+    Option("ns_split_step", int, 5, "without split lists: every N-th frame trains, test = train + N // 2", "",
+           keeps_yaml=True, low=1),
+    Option("ns_ignore_split_lists", bool, False, "ignore the file's train/val/test_filenames and split by "
+           "--ns_split_step", "", keeps_yaml=True),
+    Option("ns_distortion", str, "undistort", "frames with lens distortion: undistort (resample them) or refuse "
+           "(stop, naming the frame)", "", keeps_yaml=True, choices=DISTORTION),
+)
+_DEFAULT = {o.name: o.value for o in _OPTIONS}
+
+
 @dataclass(frozen=True)
 class NerfstudioOptions:
-    """Settings of the nerfstudio loader (module docstring)."""
-    depth_scale: Optional[float] = None               # metres per depth unit (None: the file's, else 1e-3)
-    near_far: Optional[Tuple[float, float]] = None    # ray range override (after normalisation)
-    normalise: str = "auto"                           # auto | none | cameras
-    split_step: int = 5                               # every N-th frame trains (without split lists)
-    split_lists: bool = True                          # use the file's train/val/test_filenames
-    distortion: str = "undistort"                     # undistort | refuse
+    """Settings of the nerfstudio loader (module docstring), field for field the options above."""
+    ns_near_far: Optional[Tuple[float, float]] = _DEFAULT["ns_near_far"]   # ray range override
+    ns_depth_scale: Optional[float] = _DEFAULT["ns_depth_scale"]          # metres per depth unit (None: file's)
+    ns_normalise: str = _DEFAULT["ns_normalise"]                          # auto | none | cameras
+    ns_split_step: int = _DEFAULT["ns_split_step"]                        # every N-th frame trains
+    ns_ignore_split_lists: bool = _DEFAULT["ns_ignore_split_lists"]       # ignore train/val/test_filenames
+    ns_distortion: str = _DEFAULT["ns_distortion"]                        # undistort | refuse
 
-    def check(self):
-        if self.normalise not in NORMALISE:
-            raise InputError(f"nerfstudio normalise {self.normalise!r}: expected one of {', '.join(NORMALISE)}")
-        if self.distortion not in ("undistort", "refuse"):
-            raise InputError(f"nerfstudio distortion {self.distortion!r}: expected undistort or refuse")
-        if self.split_step < 1:
-            raise InputError(f"nerfstudio split_step {self.split_step}: expected at least 1")
-        if self.depth_scale is not None and not self.depth_scale > 0:
-            raise InputError(f"nerfstudio depth_scale {self.depth_scale}: expected a positive number")
-        if self.near_far is not None:
-            near, far = self.near_far
+    def __post_init__(self):
+        """What one declaration cannot say (checked where build_options builds it, before any data)."""
+        for o in _OPTIONS:
+            value = getattr(self, o.name)
+            if o.choices and value not in o.choices:
+                raise InputError(f"--{o.name} {value!r}: expected one of {', '.join(o.choices)}")
+        if self.ns_split_step < 1:
+            raise InputError(f"--ns_split_step {self.ns_split_step}: expected at least 1")
+        if self.ns_depth_scale is not None and not self.ns_depth_scale > 0:
+            raise InputError(f"--ns_depth_scale {self.ns_depth_scale}: expected a number > 0")
+        if self.ns_near_far is not None:
+            value = self.ns_near_far
+            try:
+                near, far = (float(x) for x in value)
+            except (TypeError, ValueError):
+                raise InputError(f"--ns_near_far {_shown(value)}: expected two numbers NEAR FAR") from None
             if not (np.isfinite(near) and np.isfinite(far) and 0 <= near < far):
-                raise InputError(f"nerfstudio near_far {tuple(self.near_far)}: expected 0 <= near < far")
-        return self
+                raise InputError(f"--ns_near_far {_shown(value)}: expected 0 <= NEAR < FAR")
+            object.__setattr__(self, "ns_near_far", (near, far))
 
 
-def load_nerfstudio(data, options=None):
-    """The capture of a utils.options.DataOptions (`dataset_dir`: the folder or its transforms.json)."""
-    options = (options or NerfstudioOptions()).check()
-    return NerfstudioLoader(data, options).load()
+def _shown(value):
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
+
+
+NERFSTUDIO_OPTIONS = OptionGroup("nerfstudio capture (--dataset_type nerfstudio, docs/OWN_SCENE.md)",
+                                 NerfstudioOptions, _OPTIONS)
+
+
+def load_nerfstudio(data):
+    """The capture of a utils.options.DataOptions (`dataset_dir`: the folder or its transforms.json;
+    `data.loader`: its NerfstudioOptions, the defaults when None)."""
+    return NerfstudioLoader(data, data.loader or NerfstudioOptions()).load()
 
 
 def frame_order(dataset_dir, training_mode=False, options=None):
     """(every frame's (global id, FrameSource), training ids) in the loader's order, without reading
     images (datasets/extract_dino.py names descriptor files by these ids and resamples like the loader)."""
-    options = (options or NerfstudioOptions()).check()
+    options = options or NerfstudioOptions()
     capture = read_capture(dataset_dir)
     train, _ = split_ids(capture, training_mode, options)
     sources = frame_sources(capture, common_camera(capture, options))
@@ -99,10 +133,10 @@ def frame_order(dataset_dir, training_mode=False, options=None):
 
 def split_ids(capture, training_mode, options):
     """(train ids, test ids): the file's split lists when present, else the Replica rule."""
-    lists = capture.split_lists if options.split_lists else {}
+    lists = {} if options.ns_ignore_split_lists else capture.split_lists
     n = len(capture.frames)
     if not lists:
-        return replica_split_ids(n, training_mode, options.split_step)
+        return replica_split_ids(n, training_mode, options.ns_split_step)
     test = lists.get("test", lists.get("val"))
     train = lists.get("train")
     if train is None:
@@ -116,13 +150,13 @@ def split_ids(capture, training_mode, options):
 
 def common_camera(capture, options):
     """(fx, fy, cx, cy, h, w) every frame is resampled into: the first frame's intrinsics, without
-    distortion. `distortion='refuse'` stops on the first frame that would need resampling."""
+    distortion. `--ns_distortion refuse` stops on the first frame that would need resampling."""
     first = capture.frames[0]
     for fr in capture.frames:
-        if fr.dist is not None and options.distortion == "refuse":
+        if fr.dist is not None and options.ns_distortion == "refuse":
             k = next(i for i, c in enumerate(fr.dist) if c)
             raise InputError(f"{capture.json_path}: frame '{fr.file}' has lens distortion ('{DISTORTION_KEYS[k]}' = "
-                             f"{fr.dist[k]}) and undistortion is off")
+                             f"{fr.dist[k]}) and --ns_distortion is refuse")
     return (*first.K, first.height, first.width)
 
 
@@ -141,7 +175,7 @@ def frame_sources(capture, common):
 
 def normalisation(capture, options):
     """(centre [3], scale): world' = scale (world - centre); identity unless 'cameras' (module doc)."""
-    mode = options.normalise
+    mode = options.ns_normalise
     has_depth = capture.frames[0].depth is not None
     if mode == "none" or (mode == "auto" and has_depth):
         return np.zeros(3), 1.0
@@ -192,7 +226,7 @@ class NerfstudioLoader:
         poses = np.stack([f.c2w for f in capture.frames]).copy()
         poses[:, :3, 3] = (poses[:, :3, 3] - centre) * scale
         all_poses = torch.from_numpy(poses.astype(np.float32))
-        self.depth_scale = (self.options.depth_scale or capture.depth_scale or DEFAULT_DEPTH_SCALE) * scale
+        self.depth_scale = (self.options.ns_depth_scale or capture.depth_scale or DEFAULT_DEPTH_SCALE) * scale
         train_ids, test_ids = split_ids(capture, self.data.training_mode, self.options)
         train, test = self._split(train_ids, sources, all_poses), self._split(test_ids, sources, all_poses)
 
@@ -231,8 +265,8 @@ class NerfstudioLoader:
                              f"{w}x{h} frames ({self.capture.frames[0].file}); use a size with their aspect ratio")
 
     def _near_far(self, train, test, all_poses):
-        if self.options.near_far is not None:
-            return float(self.options.near_far[0]), float(self.options.near_far[1]), "given"
+        if self.options.ns_near_far is not None:
+            return float(self.options.ns_near_far[0]), float(self.options.ns_near_far[1]), "--ns_near_far"
         if train["depth"] is not None:
             found = near_far_from_depth(torch.cat([train["depth"].reshape(-1), test["depth"].reshape(-1)]))
             if found is not None:

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from datasets.nerfstudio import load_nerfstudio
+from datasets.nerfstudio import NERFSTUDIO_OPTIONS, load_nerfstudio
 from datasets.replica import load_replica
 from datasets.scannet import SCANNET_OPTIONS, load_scannet
 from utils.declarations import OptionGroup
@@ -21,16 +21,14 @@ class Loader:
 LOADERS = {
     "replica": Loader(load_replica),               # Semantic-NeRF's Replica layout (and the built-in synthetic room)
     "scannet": Loader(load_scannet, SCANNET_OPTIONS),   # an exported ScanNet scene (docs/SCANNET.md)
-    "nerfstudio": Loader(load_nerfstudio),         # a transforms.json capture (docs/OWN_SCENE.md)
+    "nerfstudio": Loader(load_nerfstudio, NERFSTUDIO_OPTIONS),   # a transforms.json capture (docs/OWN_SCENE.md)
 }
 
 
-def load_scene(data, options=None):
-    """Load the scene that `data` (DataOptions) names; `options`: the loader's own settings when
-    given (else its defaults, or `data.loader`). A warning line when the config size upsamples the
-    frames."""
-    loader = LOADERS[data.dataset_type].load
-    scene = loader(data) if options is None else loader(data, options)
+def load_scene(data):
+    """Load the scene that `data` (DataOptions) names (the loader's own options are `data.loader`); a
+    warning line when the config size upsamples the frames."""
+    scene = LOADERS[data.dataset_type].load(data)
     note = upsampling_note(scene)
     if note:
         print(note, file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 on a few training frames, each on the pixel of its class farthest from the class's border.
 
     python -m experiments.room_clicks [--out experiments/room_clicks.yaml --frames 150 --width 80 --height 60]
+    python -m experiments.room_clicks --by_number --out room_clicks_by_number.yaml   # for the Replica layout
 
 The shipped experiments/room_clicks.yaml is this command's output for the default capture
 (`python -m datasets.synthetic --format nerfstudio --out data/room_capture`). Frames are chosen
@@ -67,12 +68,15 @@ def choose_clicks(maps):
     return sorted(clicks)
 
 
-def clicks_document(room, clicks):
+def clicks_document(room, clicks, by_number=False):
+    """The clicks file; by_number: frames as frame numbers (for the room's Replica layout, whose files
+    are rgb/rgb_<n>.png) instead of the capture's file names."""
     cmap = label_colormap(256)
     used = sorted({c for *_, c in clicks})
     return dict(
         classes=[dict(name=room.class_names[c], id=c, colour=[int(v) for v in cmap[c]]) for c in used],
-        clicks=[dict(frame=f"images/frame_{f:05d}.png", x=x, y=y, label=room.class_names[c]) for f, x, y, c in clicks])
+        clicks=[dict(frame=f if by_number else f"images/frame_{f:05d}.png", x=x, y=y, label=room.class_names[c])
+                for f, x, y, c in clicks])
 
 
 def main(argv=None):
@@ -81,13 +85,17 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--width", type=int, default=80)
     ap.add_argument("--height", type=int, default=60)
+    ap.add_argument("--by_number", action="store_true", help="frames as numbers: the same clicks for the room's "
+                                                             "Replica layout (the capture's <out>_ground_truth)")
     a = ap.parse_args(argv)
     room, maps = class_maps(a.frames, a.width, a.height)
-    doc = clicks_document(room, choose_clicks(maps))
+    doc = clicks_document(room, choose_clicks(maps), a.by_number)
     header = (f"# One click per class of the built-in room's capture ({a.frames} frames, {a.width}x{a.height}:\n"
               "#   python -m datasets.synthetic --format nerfstudio --out data/room_capture)\n"
               "# written by python -m experiments.room_clicks from the room's ground truth; x, y are the\n"
-              "# capture's own pixels (column, row). Class ids are the room's (Replica-like) ids.\n")
+              "# capture's own pixels (column, row). Class ids are the room's (Replica-like) ids.\n"
+              + ("# Frames by number: the same clicks for the room's Replica layout (<capture>_ground_truth).\n"
+                 if a.by_number else ""))
     with open(a.out, "w") as f:
         f.write(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110))
     print(f"{len(doc['clicks'])} clicks on frames {sorted({c['frame'] for c in doc['clicks']})} -> {a.out}")

@@ -3,11 +3,13 @@ ground truth kept apart from the capture, e.g. the built-in room's `<capture>_gr
 
     python -m experiments.score_labels LABEL_DIR GT_DIR [--frames all|train|test] [--json OUT]
 
-GT_DIR is either a Replica-layout folder with `capture_frames.json` (what `python -m
-datasets.synthetic --format nerfstudio` writes: capture file -> frame number, labels in
-`semantic_class/semantic_class_<n>.png`) or a folder of label PNGs named like the exported frames.
-Both hold raw class ids, 0 = void. `--frames train|test` keeps the frames of the Replica split rule
-(train 0, 5, 10, ...; test = train + 2) in the capture's frame order.
+GT_DIR is either a Replica-layout folder (labels in `semantic_class/semantic_class_<n>.png`) or a
+folder of label PNGs named like the exported frames. Both hold raw class ids, 0 = void. A
+Replica-layout folder scores the labels exported from a capture through its `capture_frames.json`
+(what `python -m datasets.synthetic --format nerfstudio` writes: capture file -> frame number), and
+those exported from the Replica layout itself (frames `rgb_<n>`) by their number. Frames are taken in
+the loaders' order (digit runs compared as numbers); `--frames train|test` keeps the frames of the
+Replica split rule (train 0, 5, 10, ...; test = train + 2) in that order.
 
 The metrics are utils/metrics.py's, in the label space of classes.json: ground-truth pixels that are
 void or of a class the labels do not have are ignored, exactly as propagation scores its test
@@ -16,10 +18,12 @@ views against the seeded classes (utils/label_outputs.py `seed_class_confusion`)
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
 
+from datasets.nerfstudio_meta import natural_key
 from datasets.scene import replica_split_ids
 from utils.errors import InputError, run_cli
 from utils.image_io import read_label_png
@@ -37,21 +41,27 @@ def read_classes(label_dir):
 
 def ground_truth_files(gt_dir, names):
     """{frame name: GT label PNG} for the exported frame names."""
+    if not os.path.isdir(os.path.join(gt_dir, "semantic_class")):
+        return {n: os.path.join(gt_dir, f"{n}.png") for n in names}
+    by_stem = {}
     mapping = os.path.join(gt_dir, "capture_frames.json")
     if os.path.isfile(mapping):
         with open(mapping) as f:
             frames = json.load(f)["frames"]
         by_stem = {os.path.splitext(os.path.basename(k))[0]: v for k, v in frames.items()}
-        return {n: os.path.join(gt_dir, "semantic_class", f"semantic_class_{by_stem[n]}.png")
-                for n in names if n in by_stem}
-    return {n: os.path.join(gt_dir, f"{n}.png") for n in names}
+    for n in names:                                       # the Replica layout's own frames: rgb_<n>
+        match = re.fullmatch(r"rgb_(\d+)", n)
+        if match and n not in by_stem:
+            by_stem[n] = int(match.group(1))
+    return {n: os.path.join(gt_dir, "semantic_class", f"semantic_class_{by_stem[n]}.png")
+            for n in names if n in by_stem}
 
 
 def score(label_dir, gt_dir, frames="all"):
     """Metrics dict (utils.metrics) of the exported labels against the ground truth."""
     raw_ids, class_names = read_classes(label_dir)
     folder = os.path.join(label_dir, "labels")
-    names = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".png"))
+    names = sorted((os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".png")), key=natural_key)
     if frames != "all":
         train, test = replica_split_ids(len(names))
         names = [names[i] for i in (train if frames == "train" else test)]

@@ -9,18 +9,22 @@ pixels (propagation/upsample.py: guided by the colour frame, or nearest). Writte
     labels_vis/<frame>.png    the frame with the label colours over it (half and half)
     confidence/<frame>.png    uint8, 255 x the winner's relative margin (s1 - s2) / s1
     classes.json              [{id, name, colour}] of the label space
+    export.json               what made the labels: their fingerprint (network weights, directions,
+                              settings), checkpoint, seeds, direction rule, upsampling, render size
     summary.md                frames, settings, and the pixel count of every class
 
 <frame> is the frame's file stem (datasets/sources.py FrameSource.name). Every file is written
 atomically (utils/atomic.py); labels/<frame>.png last, so a frame whose three files exist is
 complete and a second run skips it without rendering (resume after an interruption). A folder
-whose classes.json holds other classes is refused rather than mixed.
+whose classes.json holds other classes, or whose export.json has another fingerprint (labels of
+another checkpoint, other clicks, other directions or settings), is refused rather than mixed.
 """
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List
 
 import numpy as np
 import torch
@@ -35,17 +39,8 @@ from utils.image_io import read_label_png, write_png
 from utils.label_outputs import valid_colour_map
 
 FOLDERS = ("labels", "labels_vis", "confidence")
+PROVENANCE = "export.json"
 OVERLAY = 0.5
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Settings of the export (later --label_all_frames and its companions)."""
-    out_dir: str                                  # e.g. <save_dir>/all_frames
-    upsample: str = "guided"                      # guided | nearest
-    frames: Optional[Sequence[int]] = None        # global frame ids; None = every frame
-    workers: int = 2                              # PNG writer threads
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,24 +115,87 @@ def label_frame(renderer, cameras, index, source, plan, mode):
     return labels, confidence(scores).cpu().numpy(), rgb
 
 
-def export_labels(renderer, cameras, sources, plan, classes, options):
+def label_fingerprint(renderer, plan, mode, render_size):
+    """sha256 (hex) of everything the labels depend on: the network weights, the propagation plan
+    (directions, mixing, aggregator, post-processing flags), the upsampling mode and render size."""
+    h = hashlib.sha256()
+
+    def add(name, value):
+        h.update(name.encode())
+        if torch.is_tensor(value):
+            h.update(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+
+    for name, t in renderer.state_dict().items():
+        add(name, t)
+    for name in ("kind", "M", "mixer", "channel_labels", "agg_labels", "no_abs", "normalize_2d", "noisy_2d"):
+        value = getattr(plan, name)
+        add(name, value if value is not None else "none")
+    if plan.aggregator is not None:
+        for name, t in plan.aggregator.state_dict().items():
+            add("aggregator." + name, t)
+    for k, pts in enumerate(plan.seed_points or []):
+        add(f"seed_points.{k}", pts)
+    add("upsample", mode)
+    add("render_size", tuple(render_size))
+    return h.hexdigest()
+
+
+def export_labels(renderer, cameras, sources, plan, classes, options, about=None):
     """Label every frame of `cameras` (models.cameras.Cameras of all frames, render resolution;
     `sources` the FrameSources in the same order) with the propagation `plan` into
-    options.out_dir (module docstring). Returns the summary dict of `write_all_frames`."""
+    options.out_dir (module docstring). `about`: what made the labels (checkpoint, seeds, rule),
+    recorded in export.json with the labels' fingerprint. Returns the summary dict of `write_all_frames`."""
     mode = check_mode(options.upsample)
+    hw = (cameras.height, cameras.width)
+    provenance = dict(fingerprint=label_fingerprint(renderer, plan, mode, hw), upsample=mode, render_size=list(hw),
+                      **(about or {}))
     return write_all_frames(lambda gid, src: label_frame(renderer, cameras, gid, src, plan, mode), sources,
-                            classes, options, (cameras.height, cameras.width))
+                            classes, options, hw, provenance)
 
 
-def write_all_frames(label_fn, sources, classes, options, render_size=None):
+def check_provenance(out_dir, sources, provenance):
+    """A resume continues the same labels: a folder whose export.json has another fingerprint (or
+    that holds labels without one) is refused rather than mixed."""
+    path = os.path.join(out_dir, PROVENANCE)
+    old = None
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+    elif not any(is_complete(out_dir, src.name) for src in sources):
+        return
+    if old is not None and old.get("fingerprint") == provenance["fingerprint"]:
+        return
+    if old is None:
+        why = f"labels without {PROVENANCE} (their origin is unknown)"
+    else:
+        differ = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in provenance.items()
+                  if k != "fingerprint" and old.get(k) != v]
+        why = "the labels of another propagation (" + ("; ".join(differ) if differ else
+                                                       "other network weights or directions") + ")"
+    raise InputError(f"--label_all_frames {out_dir} holds {why}; remove that folder or choose another (a "
+                     "propagation repeats exactly with the same checkpoint, clicks and --seed)")
+
+
+def write_all_frames(label_fn, sources, classes, options, render_size=None, provenance=None):
     """The writer: label_fn(global id, FrameSource) -> (evaluation labels [H, W], confidence [H, W]
-    in [0, 1], rgb [H, W, 3] in [0, 1]) at the frame's size, called only for frames not yet complete."""
+    in [0, 1], rgb [H, W, 3] in [0, 1]) at the frame's size, called only for frames not yet complete.
+    provenance: what made the labels, with its 'fingerprint' (export_labels); a folder of other
+    labels is refused (check_provenance), and the dict is written as export.json."""
     mode = check_mode(options.upsample)
     out = options.out_dir
     check_classes_file(out, classes)
+    if provenance is not None:
+        check_provenance(out, sources, provenance)
     for folder in FOLDERS:
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     write_json_atomic(os.path.join(out, "classes.json"), classes.as_json())     # first: a resume checks it
+    if provenance is not None:
+        write_json_atomic(os.path.join(out, PROVENANCE), provenance)
     ids = list(range(len(sources))) if options.frames is None else [int(i) for i in options.frames]
     counts = np.zeros(len(classes.raw_ids), np.int64)
     lut = np.full(int(classes.raw_ids.max()) + 2, len(classes.raw_ids), np.int64)
@@ -154,9 +212,8 @@ def write_all_frames(label_fn, sources, classes, options, render_size=None):
             else:
                 labels, conf, rgb = label_fn(gid, src)
                 raw = classes.raw_ids[labels].astype(np.uint16)
-                vis = overlay(rgb, labels, classes.colours)
-                conf8 = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
-                pending.append(pool.submit(_write_frame, lab_path, vis_path, conf_path, raw, vis, conf8))
+                pending.append(pool.submit(_write_frame, lab_path, vis_path, conf_path, raw, labels, conf, rgb,
+                                           classes.colours))       # the overlay is made by the writer thread
                 rendered += 1
             counts += np.bincount(lut[np.minimum(raw.ravel().astype(np.int64), len(lut) - 1)],
                                   minlength=len(classes.raw_ids) + 1)[:len(classes.raw_ids)]
@@ -171,9 +228,9 @@ def write_all_frames(label_fn, sources, classes, options, render_size=None):
     return summary
 
 
-def _write_frame(lab_path, vis_path, conf_path, raw, vis, conf8):
-    write_png(conf_path, conf8)
-    write_png(vis_path, vis)
+def _write_frame(lab_path, vis_path, conf_path, raw, labels, conf, rgb, colours):
+    write_png(conf_path, np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))
+    write_png(vis_path, overlay(rgb, labels, colours))
     write_png(lab_path, raw)            # last: its presence marks the frame complete
 
 

@@ -37,16 +37,15 @@ def aggregator_targets(labels, label_ids, num_classes):
     return torch.where(flat >= 0, lut[flat.clamp(min=0, max=num_classes)], torch.full_like(flat, -1))
 
 
-def propagate(opts, scene, renderer, rng, export=None):
+def propagate(opts, scene, renderer, rng):
     """Propagate the seeds to every test view (2D responses, or rendered 3D responses); write the
-    label maps and metrics into opts.save_dir; return the metrics dict. `export`
-    (propagation.export.ExportOptions) also labels every frame of the capture (--label_all_frames)."""
+    label maps and metrics into opts.save_dir; return the metrics dict. With opts.propagation.export
+    (--label_all_frames) every frame of the scene is labelled too (propagation/export.py)."""
     p = opts.propagation
-    kind, save_dir = p.kind, opts.save_dir
-    if export is not None and p.instance:
-        raise InputError("--label_all_frames writes semantic classes; --test_instance is not supported with it")
+    kind, save_dir, export = p.kind, opts.save_dir, p.export
     if export is not None and (scene.frames is None or scene.all_poses is None):
-        raise InputError(f"--label_all_frames: the {scene.root} loader does not list the scene's frames")
+        raise InputError(f"--label_all_frames: the {opts.data.dataset_type} loader does not list the frames of "
+                         f"{scene.root}")
     step = int(restore_checkpoint(opts.ckpt_path, renderer.eval())["global_step"])
     t_start = time.perf_counter()
     timings = {}
@@ -103,8 +102,8 @@ def propagate(opts, scene, renderer, rng, export=None):
     scored = scene.has_labels or p.instance
     gt = scaled_labels(scene.eval_labels(scene.test, p.instance), opts.test_viz_factor) if scored else None
     if not scored:
-        print(f"[propagation] metrics skipped: {scene.root} has no ground-truth labels (labels, overlays and "
-              "confidence maps are still written)", flush=True)
+        print(f"[propagation] metrics skipped: the scene has no ground-truth labels ({scene.root}); labels, "
+              "overlays and confidence maps are still written", flush=True)
     plan = TestPlan(kind=kind, M=M, mixer=mixing_matrix(owner, num_labels, p.merge_instance, dtype, dev),
                     channel_labels=label_ids_t[owner] if p.merge_instance else label_ids_t,
                     agg_labels=label_ids_t, no_abs=p.no_abs, normalize_2d=p.normalize_2d, noisy_2d=p.noisy,
@@ -133,7 +132,9 @@ def propagate(opts, scene, renderer, rng, export=None):
 
     if export is not None:
         t0 = time.perf_counter()
-        exported = export_labels(renderer, scene.all_cameras(), scene.frames, plan, export_classes(scene), export)
+        about = dict(checkpoint=opts.ckpt_path, checkpoint_step=step, seeds=seeds.folder_name, direction_rule=p.rule)
+        exported = export_labels(renderer, scene.all_cameras(), scene.frames, plan, export_classes(scene), export,
+                                 about)
         timings["label_all_frames"] = time.perf_counter() - t0
         print(f"[propagation] labels of {exported['frames']} frames ({exported['rendered']} labelled, "
               f"{exported['resumed']} already complete) in {export.out_dir}", flush=True)

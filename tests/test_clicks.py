@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from datasets.clicks import UserLabelOptions, read_clicks, user_space, with_user_labels
+from datasets.clicks import read_clicks, user_space, with_user_labels
+from utils.options import UserLabelOptions
 from datasets.label_space import palette_colour
 from datasets.nerfstudio import NerfstudioOptions, load_nerfstudio
 from datasets.registry import load_scene
@@ -32,8 +33,8 @@ def capture(tmp_path):
         frames.append(dict(file_path=f"images/f{k}.png", transform_matrix=pose.tolist()))
     with open(root / "transforms.json", "w") as f:
         json.dump(dict(fl_x=8.0, fl_y=8.0, cx=8.0, cy=6.0, w=16, h=12, frames=frames), f)
-    return load_nerfstudio(DataOptions(dataset_type="nerfstudio", dataset_dir=str(root), width=8, height=6),
-                           NerfstudioOptions(split_step=2, near_far=(0.1, 5.0)))
+    return load_nerfstudio(DataOptions(dataset_type="nerfstudio", dataset_dir=str(root), width=8, height=6,
+                                       loader=NerfstudioOptions(ns_split_step=2, ns_near_far=(0.1, 5.0))))
 
 
 def write(path, data):

@@ -3,6 +3,7 @@ means and the guided filter against literal loops, grid sampling by hand, an edg
 the colour guide, and the writer's files, counts, resume and refusals."""
 import json
 import os
+import re
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from datasets.sources import FrameSource
-from propagation.export import ExportClasses, ExportOptions, overlay, write_all_frames
+from propagation.export import ExportClasses, overlay, write_all_frames
+from utils.options import ExportOptions
 from propagation.testviews import confidence
 from propagation.upsample import box_mean, guided_filter, sample_grid, upsample_scores
 from utils.errors import InputError
@@ -150,3 +152,41 @@ def test_writer_subset_of_frames(tmp_path):
     write_all_frames(fake_labeller(calls), frames(tmp_path), CLASSES,
                      ExportOptions(str(tmp_path / "o"), frames=[2], progress=False))
     assert calls == [2] and os.listdir(tmp_path / "o" / "labels") == ["frame_2.png"]
+
+
+def test_writer_resumes_only_the_same_labels(tmp_path):
+    """With a provenance (what export_labels records), a resume needs the same fingerprint: labels of
+    another propagation, or complete frames of unknown origin, are refused, never mixed."""
+    out = tmp_path / "o"
+    srcs = frames(tmp_path)
+    calls = []
+    mine = dict(fingerprint="a" * 64, upsample="guided", render_size=[4, 6], checkpoint_step=100)
+    write_all_frames(fake_labeller(calls), srcs, CLASSES, ExportOptions(str(out), progress=False), (4, 6), mine)
+    assert json.load(open(out / "export.json")) == mine and calls == [0, 1, 2]
+    os.remove(out / "labels" / "frame_2.png")
+    calls.clear()
+    write_all_frames(fake_labeller(calls), srcs, CLASSES, ExportOptions(str(out), progress=False), (4, 6), mine)
+    assert calls == [2]
+    other = dict(mine, fingerprint="b" * 64, checkpoint_step=200)
+    with pytest.raises(InputError, match=re.escape(f"--label_all_frames {out} holds the labels of another "
+                                                   "propagation (checkpoint_step 100 there, 200 here)")):
+        write_all_frames(fake_labeller(calls), srcs, CLASSES, ExportOptions(str(out), progress=False), (4, 6), other)
+    os.remove(out / "export.json")
+    with pytest.raises(InputError, match="holds labels without export.json"):
+        write_all_frames(fake_labeller(calls), srcs, CLASSES, ExportOptions(str(out), progress=False), (4, 6), mine)
+    assert calls == [2]            # nothing relabelled by the refused runs
+
+
+def test_label_fingerprint_follows_weights_directions_and_settings():
+    from propagation.export import label_fingerprint
+    from propagation.testviews import TestPlan
+    from tests.tiny_models import tiny_renderer
+    r = tiny_renderer()
+    plan = TestPlan(kind="2d", M=torch.ones(2, 3, 4), mixer=torch.eye(2), channel_labels=torch.tensor([0, 1]))
+    base = label_fingerprint(r, plan, "guided", (4, 6))
+    assert base == label_fingerprint(tiny_renderer(), plan, "guided", (4, 6))      # same weights, same plan
+    assert base != label_fingerprint(tiny_renderer(seed=1), plan, "guided", (4, 6))
+    assert base != label_fingerprint(r, TestPlan(**{**plan.__dict__, "M": 2 * plan.M}), "guided", (4, 6))
+    assert base != label_fingerprint(r, TestPlan(**{**plan.__dict__, "no_abs": True}), "guided", (4, 6))
+    assert base != label_fingerprint(r, plan, "nearest", (4, 6))
+    assert base != label_fingerprint(r, plan, "guided", (8, 12))

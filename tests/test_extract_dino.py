@@ -157,7 +157,7 @@ def test_capture_frames_in_loader_order_and_resampled_like_the_loader(capsys, tm
     assert rc == 0, err
     assert sorted(os.listdir(root / "dino")) == sorted([dino_io.META_NAME, "dino_0.pth", "dino_5.pth"])
     scene = load_nerfstudio(DataOptions(dataset_type="nerfstudio", dataset_dir=str(root), width=W, height=H,
-                                        load_dino=True), NerfstudioOptions(near_far=(0.1, 2.0)))
+                                        load_dino=True, loader=NerfstudioOptions(ns_near_far=(0.1, 2.0))))
     assert scene.train.ids == [0, 5] and scene.frames[5].file == "images/img_11.png" and scene.frames[5].resampled
     model = vit.dino_vits8(weights, stride=4)
     for k, gid in enumerate(scene.train.ids):

@@ -2,8 +2,10 @@
 same rays as its Replica layout; intrinsics per frame and lens distortion are resampled into the
 common camera (checked against OpenCV's own point undistortion on an analytic image); near/far,
 normalisation and splits from the data; bad input refused by name."""
+import dataclasses
 import json
 import os
+import re
 
 import cv2
 import imageio.v3 as iio
@@ -37,7 +39,7 @@ def data(path, kind="nerfstudio", w=W, h=H, **kw):
 def test_room_capture_and_replica_layout_give_the_same_rays(room):
     cap, gt = room
     a = load_scene(data(gt, "replica"))
-    b = load_scene(data(cap), NerfstudioOptions(near_far=(a.near, a.far)))
+    b = load_scene(data(cap, loader=NerfstudioOptions(ns_near_far=(a.near, a.far))))
     assert b.intrinsics == a.intrinsics                       # fx = W/2, cx = (W-1)/2 after the -0.5
     assert (b.intrinsics.cx, b.intrinsics.fx) == ((W - 1) / 2, W / 2)
     for sa, sb in ((a.train, b.train), (a.test, b.test)):
@@ -72,14 +74,14 @@ def test_near_far_from_depth_percentiles_and_override(room):
     assert scene.near == pytest.approx(0.5 * np.percentile(d, 0.5)) and scene.far == pytest.approx(
         1.5 * np.percentile(d, 99.5))
     assert scene.extra["normalisation"]["scale"] == 1.0             # depth: metric, kept
-    given = load_nerfstudio(data(cap), NerfstudioOptions(near_far=(0.2, 7.0)))
+    given = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_near_far=(0.2, 7.0))))
     assert (given.near, given.far) == (0.2, 7.0) and given.cameras(given.test).near == 0.2
 
 
 def test_cameras_normalisation_keeps_depth_consistent(room):
     cap, _ = room
-    raw = load_nerfstudio(data(cap), NerfstudioOptions(normalise="none"))
-    norm = load_nerfstudio(data(cap), NerfstudioOptions(normalise="cameras"))
+    raw = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_normalise="none")))
+    norm = load_nerfstudio(data(cap, loader=NerfstudioOptions(ns_normalise="cameras")))
     centres = raw.all_poses[:, :3, 3].double()
     c = centres.mean(0)
     s = 1.0 / float(((centres - c) ** 2).sum(1).mean().sqrt())
@@ -137,7 +139,7 @@ def _hand_capture(root):
 
 def test_per_frame_intrinsics_and_distortion_resampled_into_the_common_camera(tmp_path):
     frames = _hand_capture(str(tmp_path))
-    scene = load_nerfstudio(data(tmp_path, w=40, h=30), NerfstudioOptions(split_step=1))
+    scene = load_nerfstudio(data(tmp_path, w=40, h=30, loader=NerfstudioOptions(ns_split_step=1)))
     # order: a_2, a_3, a_10 (digits as numbers); the first frame's camera is the common one
     assert [s.file for s in scene.frames] == ["images/a_2.png", "images/a_3.png", "images/a_10.png"]
     i = scene.intrinsics
@@ -210,7 +212,8 @@ def test_split_lists_semantic_masks_and_frame_order(tmp_path):
     order, train = frame_order(root)
     assert [s.path for _, s in order][:2] == [os.path.join(root, "images/f0.png"), os.path.join(root, "images/f1.png")]
     assert train == [0, 2, 3]
-    plain = load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(split_lists=False, split_step=2))
+    plain = load_nerfstudio(data(root, w=16, h=12,
+                                 loader=NerfstudioOptions(ns_ignore_split_lists=True, ns_split_step=2)))
     assert plain.train.ids == [0, 2, 4] and plain.test.ids == [1, 3, 5]
 
 
@@ -220,9 +223,40 @@ def test_registry_and_example_config(room, tmp_path):
     _, opts = jnerf_main.parse_options(["--config_file", "configs/nerfstudio_example.yaml", "--dataset_type",
                                         "nerfstudio", "--save_dir", str(tmp_path)])
     assert opts.data.dataset_type == "nerfstudio"
-    import dataclasses
     scene = load_scene(dataclasses.replace(opts.data, dataset_dir=cap, width=W, height=H))
     assert len(scene.train) == 2 and scene.height == H
+    assert opts.data.loader == NerfstudioOptions()            # every setting at its declared default
+
+
+def test_loader_flags_and_yaml_keys_reach_the_loader(room, tmp_path):
+    """--ns_* flags (and their YAML keys in `experiment`) become data.loader, read only for this layout."""
+    import yaml
+    cap, _ = room
+    with open("configs/nerfstudio_example.yaml") as f:
+        cfg = yaml.safe_load(f)
+    cfg["experiment"].update(dataset_dir=cap, width=W, height=H, ns_split_step=2, ns_normalise="cameras")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _, opts = jnerf_main.parse_options(["--config_file", str(config), "--dataset_type", "nerfstudio", "--save_dir",
+                                        str(tmp_path), "--ns_near_far", "0.25", "6", "--ns_depth_scale", "0.002",
+                                        "--ns_ignore_split_lists", "--ns_distortion", "refuse"])
+    assert opts.data.loader == NerfstudioOptions(ns_near_far=(0.25, 6.0), ns_depth_scale=0.002, ns_normalise="cameras",
+                                                 ns_split_step=2, ns_ignore_split_lists=True, ns_distortion="refuse")
+    scene = load_scene(opts.data)
+    assert scene.train.ids == list(range(0, FRAMES, 2)) and (scene.near, scene.far) == (0.25, 6.0)
+    assert scene.extra["near_far_from"] == "--ns_near_far" and scene.extra["normalisation"]["scale"] != 1.0
+    # the depth scale: depth files in mm read as 2 mm units, times the normalisation scale
+    plain = load_scene(dataclasses.replace(opts.data, loader=NerfstudioOptions(ns_normalise="cameras")))
+    assert torch.allclose(scene.train.depth[0], 2 * plain.train.depth[0])
+    # the same keys for the Replica layout are not read (a YAML may hold several layouts' keys)
+    _, opts = jnerf_main.parse_options(["--config_file", str(config), "--save_dir", str(tmp_path)])
+    assert opts.data.loader is None
+    for argv, expected in ((["--ns_split_step", "0"], "--ns_split_step 0: expected at least 1"),
+                           (["--ns_near_far", "1"], "--ns_near_far 1.0: expected two numbers NEAR FAR"),
+                           (["--ns_depth_scale", "-1"], "--ns_depth_scale -1.0: expected a number > 0")):
+        with pytest.raises(InputError, match=re.escape(expected)):
+            jnerf_main.parse_options(["--config_file", str(config), "--dataset_type", "nerfstudio", "--save_dir",
+                                      str(tmp_path), *argv])
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -275,11 +309,11 @@ def test_missing_file_unreadable_depth_and_refused_distortion(tmp_path):
         load_nerfstudio(data(root, w=16, h=12))
     root = _one_frame_capture(str(tmp_path / "k"), {"k1": 0.05})
     with pytest.raises(InputError, match=r"frame 'images/x.png' has lens distortion \('k1' = 0.05\)"):
-        load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(distortion="refuse"))
+        load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_distortion="refuse")))
     with pytest.raises(InputError, match="aspect ratio"):
         load_nerfstudio(data(root, w=16, h=16))
     with pytest.raises(InputError, match="normalise 'bad'"):
-        load_nerfstudio(data(root, w=16, h=12), NerfstudioOptions(normalise="bad"))
+        load_nerfstudio(data(root, w=16, h=12, loader=NerfstudioOptions(ns_normalise="bad")))
 
 
 def test_capture_writer_cli_byte_copies_and_ground_truth_apart(tmp_path, capsys):

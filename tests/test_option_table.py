@@ -18,7 +18,7 @@ from utils.modes import select_mode
 TABLE = jnerf_main.options()
 GROUP_TYPES = [typed.RunOptions, typed.DataOptions, typed.ModelOptions, typed.LoggingOptions, typed.TrainOptions,
                typed.ShapingOptions, typed.SeedOptions, typed.PropagationOptions, typed.EditOptions,
-               typed.SemanticOptions]
+               typed.SemanticOptions, typed.UserLabelOptions, typed.ExportOptions]
 
 
 def linked_fields():

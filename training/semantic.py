@@ -170,7 +170,7 @@ def train_semantic(opts, scene, renderer, rng):
                    test_split=split_name(opts.data.training_mode), sampler=sem.sampler,
                    checkpoint=opts.ckpt_path, **result)
     for kind, m in evals.items():
-        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS}, views=m["views"],
+        metrics[f"semantic_{kind}"] = dict({k: m[k] for k in METRIC_KEYS if k in m}, views=m["views"],
                                            metrics=os.path.join(opts.save_dir, f"semantic_{kind}", "metrics.json"))
     write_json_atomic(os.path.join(opts.save_dir, "metrics.json"), to_jsonable(metrics))
     if result:

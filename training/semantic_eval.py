@@ -51,15 +51,21 @@ def label_views(renderer, heads, cameras, chunk=None):
 def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, test_viz_factor=1, info=None,
                       split="test"):
     """Label every test view in 2D and 3D, write <save_dir>/semantic_2d and semantic_3d (module doc)
-    and return {'2d': metrics, '3d': metrics}. given: the seeded classes (evaluation ids); info:
-    fields copied into both metrics dicts (protocol, checkpoint, seeds, ...)."""
+    and return {'2d': metrics, '3d': metrics}. A scene without ground-truth labels gets its label
+    maps and no metrics (one 'metrics skipped' line; metrics_skipped in the dicts). given: the
+    seeded classes (evaluation ids); info: fields copied into both metrics dicts (protocol,
+    checkpoint, seeds, ...)."""
     dev = renderer.device
     was_training = renderer.training
     renderer.eval()
     for h in heads:
         h.eval()
     cams = scene.cameras(scene.test).scaled(test_viz_factor)
-    gt = scaled_labels(scene.eval_labels(scene.test, instance), test_viz_factor)
+    scored = scene.has_labels or instance
+    gt = scaled_labels(scene.eval_labels(scene.test, instance), test_viz_factor) if scored else None
+    if not scored:
+        print(f"[semantic] metrics skipped: the scene has no ground-truth labels ({scene.root}); the label maps "
+              "are still written", flush=True)
     num_classes = heads[1].num_classes
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -70,19 +76,18 @@ def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, t
     seconds = time.perf_counter() - t0
     colours = valid_colour_map(scene, instance)
     names = class_names(scene, instance)
-    gt_np = gt.numpy()
+    gt_np = gt.numpy() if scored else None
     protocol = (info or {}).get("protocol", "")
     results = {}
     for kind in KINDS:
-        confusion = seed_class_confusion(num_classes, given, dev)
-        gt_dev = gt.to(dev)
-        for i, lab in enumerate(maps[kind]):
-            confusion.add(gt_dev[i], lab)
+        confusion = seed_class_confusion(num_classes, given, dev) if scored else None
+        for i, lab in enumerate(maps[kind] if scored else ()):
+            confusion.add(gt[i].to(dev), lab)
         folder = os.path.join(save_dir, f"semantic_{kind}")
         out_dir = folder if kind == "2d" else os.path.join(folder, "test_render")
         t1 = time.perf_counter()
         write_view_outputs(out_dir, torch.stack(maps[kind]).cpu().numpy(), gt_np, colours, "", write_gt=kind == "3d")
-        metrics = confusion.metrics()
+        metrics = confusion.metrics() if scored else dict(metrics_skipped="the scene has no ground-truth labels")
         metrics.update(
             mode=f"semantic_nerf_{kind}", method="Semantic-NeRF", **(info or {}),
             label_space="instance" if instance else "semantic",
@@ -98,7 +103,10 @@ def evaluate_semantic(renderer, heads, scene, save_dir, given, instance=False, t
         metrics["scene"] = scene.identity()      # propagation.compare refuses to mix scenes
         title = f"Semantic-NeRF {kind.upper()}" + (f" ({protocol})" if protocol else "")
         table = finish_metrics(folder, metrics, None, names, title)
-        print(f"[semantic] {title}: {summary_line(metrics)}\n{table}", flush=True)
+        if scored:
+            print(f"[semantic] {title}: {summary_line(metrics)}\n{table}", flush=True)
+        else:
+            print(f"[semantic] {title}: label maps in {out_dir}", flush=True)
         results[kind] = metrics
     renderer.train(was_training)
     return results

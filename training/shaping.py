@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from datasets.dino_io import gather_cells
+from datasets.seed_maps import seed_labels
 from datasets.seeds import make_seeds
 from models.jacobians import PARAMETER_SUBSETS, jacobian_size, ray_jacobians, sample_points
 from models.rendering import FineSamples
@@ -375,14 +376,23 @@ def build_shaper(opts, scene, renderer, rng):
     """(shaper, frames) for the trainer from `opts` (utils.options.RunOptions with `shaping` set;
     every flag combination is validated there). frames: the training frames that keep labels,
     which the batcher draws from with `shaping.unmasked`, else None. Label supervision and
-    `unmasked` read the seed labels (datasets.seeds.make_seeds with `opts.seeds`, drawing from
-    the numpy Generator `rng`)."""
+    `unmasked` read the seed labels: the user's (`scene.seeds`, from --clicks / --scribbles, through
+    datasets.seed_maps.seed_labels), else simulated from the ground truth (datasets.seeds.make_seeds
+    with `opts.seeds`, drawing from the numpy Generator `rng`)."""
     sh = opts.shaping
     uses_labels = sh.supervision in ("labels", "alternate")
     labels, frames = None, None
     if uses_labels or sh.unmasked:
-        seeds = make_seeds(scene.train.semantic, opts.seeds, rng, train_ids=scene.train.ids,
-                           colour_map=scene.colour_map)
+        if scene.seeds is not None:
+            seeds = seed_labels(opts.seeds, scene, rng)[0]
+        elif not scene.has_labels:
+            flag = "--from_unmasked_only" if not uses_labels else "label supervision (--sample_semantic/--from_label/" \
+                "--sample_alter)"
+            raise InputError(f"{flag} needs labels: {scene.root} has no ground-truth label maps; give yours with "
+                             "--clicks FILE or --scribbles DIR (docs/OWN_SCENE.md)")
+        else:
+            seeds = make_seeds(scene.train.semantic, opts.seeds, rng, train_ids=scene.train.ids,
+                               colour_map=scene.colour_map)
         if uses_labels:
             labels = torch.from_numpy(np.asarray(seeds.labels, dtype=np.int64))
         if sh.unmasked:

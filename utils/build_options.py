@@ -18,8 +18,8 @@ from typing import Mapping, Optional, Sequence
 from utils.declarations import Option, OptionGroup, Values
 from utils.errors import InputError, NotSupportedError
 from utils.modes import Mode, select_mode
-from utils.options import (DataOptions, EditOptions, LoggingOptions, ModelOptions, PropagationOptions, RunOptions,
-                           SeedOptions, SemanticOptions, ShapingOptions, TrainOptions)
+from utils.options import (DataOptions, EditOptions, ExportOptions, LoggingOptions, ModelOptions, PropagationOptions,
+                           RunOptions, SeedOptions, SemanticOptions, ShapingOptions, TrainOptions, UserLabelOptions)
 from utils.precision import PRECISIONS
 
 
@@ -66,8 +66,18 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
     seeds = None
     if modes[mode].seeds or (shaping is not None and (shaping.supervision != "features" or shaping.unmasked)):
         seeds = _seed_options(v, save_dir, seed)
-    propagation = _propagation_options(v, mode, subset_flags, rule_flags) \
+    elif v.is_set("clicks") or v.is_set("scribbles"):
+        flag = "--clicks" if v.is_set("clicks") else "--scribbles"
+        what = "Jacobi shaping with --gt_feature_sim" if mode == "shape" else f"--{mode}" if modes[mode].flags \
+            else "plain NeRF training"
+        raise InputError(f"{flag} gives the labels that --propagate_2d/--propagate_3d, --semantic_nerf and "
+                         f"label-supervised shaping (--sample_semantic, --from_label) start from; {what} uses no "
+                         "labels")
+    propagation = _propagation_options(v, mode, subset_flags, rule_flags, save_dir) \
         if mode in ("propagate_2d", "propagate_3d") else None
+    if propagation is None and (v.is_set("label_all_frames") or _given(v, "label_upsample")):
+        flag = "--label_all_frames" if v.is_set("label_all_frames") else "--label_upsample"
+        raise InputError(f"{flag} labels every frame after a propagation; it needs --propagate_2d or --propagate_3d")
     edit = _edit_options(v, subset_flags) if mode == "perturb_gradient" else None
     semantic = _semantic_options(v, ckpt_path, resume) if mode == "semantic_nerf" else None
     notes = ()
@@ -226,7 +236,58 @@ def _seed_options(v, save_dir, seed):
     names = ("sparse_views", "sparse_ratio", "label_map_ids", "random_sample", "label_propagation", "partial_perc",
              "user_click", "num_click", "visualise_save", "load_saved")
     return SeedOptions(seed_dir=v.get("seed_dir") or os.path.join(save_dir, "seeds"),
-                       instance=v.get("test_instance"), rng_seed=seed, **{k: v.get(k) for k in names})
+                       instance=v.get("test_instance"), rng_seed=seed, user=_user_labels(v),
+                       **{k: v.get(k) for k in names})
+
+
+# Flags that make seeds from the ground truth (or read saved ones): no meaning next to the user's labels.
+SIMULATED_SEED_FLAGS = ("sparse_views", "label_map_ids", "label_propagation", "user_click", "load_saved",
+                        "test_instance")
+
+
+def _user_labels(v):
+    """--clicks FILE / --scribbles DIR: present, and not mixed with simulated seeds."""
+    user = UserLabelOptions(clicks=v.get("clicks"), scribbles=v.get("scribbles"))
+    if not user.given:
+        return user
+    flag = "--clicks" if user.clicks else "--scribbles"
+    for other in SIMULATED_SEED_FLAGS:
+        if v.is_set(other):
+            why = ("clicks and scribbles label semantic classes, not instances" if other == "test_instance" else
+                   "your labels replace the seeds simulated from the ground truth (or saved by an earlier run)")
+            raise InputError(f"{flag} and --{other} are exclusive: {why}")
+    if user.clicks and not os.path.isfile(user.clicks):
+        what = "is a folder, not a file" if os.path.isdir(user.clicks) else "does not exist"
+        raise InputError(f"--clicks {user.clicks} {what} (expected a YAML or JSON file of clicks "
+                         "{frame, x, y, label}, docs/OWN_SCENE.md)")
+    if user.scribbles and not os.path.isdir(user.scribbles):
+        what = "is a file, not a folder" if os.path.isfile(user.scribbles) else "does not exist"
+        raise InputError(f"--scribbles {user.scribbles} {what} (expected a folder of painted label PNGs named "
+                         "like the frames)")
+    return user
+
+
+def _given(v, name):
+    """Whether option `name` has a value in the merged config (given, or in the YAML), default aside."""
+    return (v.config.get(v.options[name].section) or {}).get(name) is not None
+
+
+def _export_options(v, save_dir):
+    """--label_all_frames [DIR] (True without DIR: <save_dir>/all_frames) and --label_upsample."""
+    value = v.raw("label_all_frames")
+    if value is None or value is False:
+        if _given(v, "label_upsample"):
+            raise InputError("--label_upsample sets how --label_all_frames upsamples; add --label_all_frames")
+        return None
+    if value is True:
+        out_dir = os.path.join(save_dir, "all_frames")
+    elif isinstance(value, str) and value.strip():
+        out_dir = value
+    else:
+        raise InputError(f"--label_all_frames {value!r}: expected a folder (or nothing: <save_dir>/all_frames)")
+    if v.is_set("test_instance"):
+        raise InputError("--label_all_frames writes semantic classes; --test_instance is not supported with it")
+    return ExportOptions(out_dir=out_dir, upsample=v.get("label_upsample"))
 
 
 def _check_label_map_ids(v):
@@ -267,7 +328,7 @@ def _require_rgb_layer(v, mode, subset_flags):
     raise InputError(f"--{mode} needs --rgb_layer (the shaped layer whose perturbations propagate labels)")
 
 
-def _propagation_options(v, mode, subset_flags, rule_flags):
+def _propagation_options(v, mode, subset_flags, rule_flags, save_dir):
     _require_rgb_layer(v, mode, subset_flags)
     rule = next((r for r in rule_flags if v.is_set(r)), None)
     if rule is None:
@@ -286,7 +347,7 @@ def _propagation_options(v, mode, subset_flags, rule_flags):
              "num_iters", "n_clusters", "perturb_t", "visualize_gradients", "spatial")
     return PropagationOptions(kind="2d" if mode == "propagate_2d" else "3d", rule=rule,
                               instance=v.get("test_instance"), noisy=v.get("noisy_propagation"),
-                              **{k: v.get(k) for k in names})
+                              export=_export_options(v, save_dir), **{k: v.get(k) for k in names})
 
 
 def _edit_options(v, subset_flags):

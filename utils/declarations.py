@@ -38,6 +38,7 @@ class Option:
     item: type = int             # element type of a list flag (nargs="*")
     parse: Optional[Callable] = None   # argparse type when it differs from `type` (e.g. '250e3' for an int)
     check: Optional[Callable] = None   # value -> None, or what is expected (a rule range/choices cannot say)
+    const: Any = None            # a flag whose value may be left out (nargs='?'): then it holds this
 
     @property
     def value(self):
@@ -273,6 +274,8 @@ def add_flags(parser, options, titles):
             kw.update(nargs="*", type=o.item)
         else:
             kw.update(type=o.parse or o.type, choices=o.choices)
+            if o.const is not None:
+                kw.update(nargs="?", const=o.const)
         groups[o.group].add_argument(f"--{o.name}", **kw)
     return parser
 

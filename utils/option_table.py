@@ -177,6 +177,10 @@ OPTIONS = option_table(
     _flag("user_click", B, False, "--num_click random pixels per class", "seeds"),
     _flag("num_click", int, 3, "clicks per class with --user_click", "seeds", low=1),
     _flag("test_instance", B, False, "propagate instance ids instead of semantic classes", "seeds"),
+    _new("clicks", str, None, "your labels instead of simulated ones: a YAML/JSON file of {frame, x, y, label} "
+         "clicks on training frames (docs/OWN_SCENE.md); checked before any work", "seeds"),
+    _new("scribbles", str, None, "your labels instead of simulated ones: a folder of painted label PNGs named like "
+         "the frames, class ids, 0 = unlabelled (with --clicks: both)", "seeds"),
 
     # label propagation
     _flag("propagate_2d", B, False, "propagate the seeds to every test view (rendered responses)", "propagation"),
@@ -195,6 +199,12 @@ OPTIONS = option_table(
     _flag("noisy_propagation", B, False, "render propagation in training mode (noise, jitter) like the original; "
           "default deterministic", "propagation"),
     _flag("perturb_t", float, 0.1, "step along a direction (propagation and editing)", "propagation"),
+    _new("label_all_frames", str, None, "also label every frame of the scene, at its own resolution, into DIR "
+         "(given without DIR: <save_dir>/all_frames): labels/ (uint16 ids), labels_vis/, confidence/, "
+         "classes.json, summary.md; resumable", "propagation", const=True),
+    _new("label_upsample", str, "guided", "--label_all_frames: render grid to a frame's own pixels: guided (scores "
+         "refined by a guided filter on the frame's grey levels) or nearest", "propagation",
+         choices=("guided", "nearest")),
 
     # the Semantic-NeRF baseline
     _new("semantic_nerf", B, False, "train Semantic-NeRF (NeRF + semantic heads, jointly, from scratch) on the "

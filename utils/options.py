@@ -108,6 +108,18 @@ class ShapingOptions:
 
 
 @dataclass(frozen=True)
+class UserLabelOptions:
+    """The user's own labels (datasets/clicks.py `with_user_labels`); given, they are the seeds
+    instead of labels simulated from the ground truth."""
+    clicks: Optional[str] = declared("clicks")         # YAML/JSON file of {frame, x, y, label}
+    scribbles: Optional[str] = declared("scribbles")   # folder of painted label PNGs
+
+    @property
+    def given(self) -> bool:
+        return bool(self.clicks or self.scribbles)
+
+
+@dataclass(frozen=True)
 class SeedOptions:
     seed_dir: str = ""                                 # where seeds are written / read (default <save_dir>/seeds)
     sparse_views: bool = declared("sparse_views")      # labels on a subset of training frames
@@ -122,6 +134,17 @@ class SeedOptions:
     load_saved: bool = declared("load_saved")          # read seeds written earlier
     instance: bool = declared("test_instance")         # instance ids instead of classes
     rng_seed: Optional[int] = declared("seed")         # --seed, recorded in seeds.json
+    user: UserLabelOptions = field(default_factory=UserLabelOptions)   # --clicks / --scribbles
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """--label_all_frames [DIR]: labels of every frame at its own resolution (propagation/export.py)."""
+    out_dir: str                                       # DIR (from --label_all_frames; default <save_dir>/all_frames)
+    upsample: str = declared("label_upsample")         # guided | nearest
+    frames: Optional[Tuple[int, ...]] = None           # global frame ids to label; None = every frame (no flag)
+    workers: int = 2                                   # PNG writer threads (no flag)
+    progress: bool = True                              # the progress bar (no flag)
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,7 @@ class PropagationOptions:
     noisy: bool = declared("noisy_propagation")        # training-mode renders
     visualize_gradients: bool = declared("visualize_gradients")   # write the k-means pixels
     spatial: bool = declared("spatial")                # weight 2D responses by distance to the seeds
+    export: Optional[ExportOptions] = None             # --label_all_frames: label every frame too
 
 
 @dataclass(frozen=True)
