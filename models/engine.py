@@ -25,6 +25,8 @@ class Path(NamedTuple):
     pad_k: bool = False                     # no grad: the 63-d position input zero-padded to 64
     compose_head: bool = False              # no grad: alpha + feature + views.0 as one GEMM
     skip_direct: bool = False               # no grad: the layer before a skip writes into the buffer in place
+    prefill: bool = False                   # no grad, padded trunk: the renderer encodes positions straight into
+                                            # the trunk's input buffer (models.nerf.EncodedInput)
 
 
 REFERENCE = Path(grad=True)                 # the layered network in the parameters' dtype (the slow twin)
@@ -40,6 +42,7 @@ class Engine:
                                             # cuBLASLt's epilogue needs a contiguous output)
     train_epilogue: Optional[bool] = None   # training: the _Linear layers; None = on CUDA only (CPU results stay
                                             # those of the eager ops)
+    fused_encoding: bool = True             # inference, padded trunk: encode into the input buffer (same values)
 
     def path(self, grad: bool, device) -> Path:
         """The evaluation of a pass with (grad) or without autograd on `device`."""
@@ -49,4 +52,5 @@ class Engine:
             return Path(True, self.precision.train_dtype, epilogue=epilogue)
         direct = (self.skip_write or ("copy" if cuda else "direct")) == "direct"
         return Path(False, self.precision.inference_dtype, fused=self.fused, pad_k=self.pad_k,
-                    compose_head=self.compose_head, skip_direct=direct)
+                    compose_head=self.compose_head, skip_direct=direct,
+                    prefill=self.fused_encoding and self.fused and self.pad_k)

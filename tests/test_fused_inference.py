@@ -231,3 +231,37 @@ def test_cpu_renders_cap_the_points_per_call(monkeypatch):
     assert calls == [3000]
     for k in ("rgb", "depth"):
         assert torch.allclose(capped[k], whole[k], rtol=1e-5, atol=1e-6), (capped[k] - whole[k]).abs().max()
+
+
+@pytest.mark.parametrize("dtype,half", [(torch.float64, None), (torch.float32, None), (torch.float32, torch.float16),
+                                        (torch.float32, torch.bfloat16)])
+def test_encoding_into_the_trunk_buffer_equals_encode_then_copy(dtype, half):
+    """Engine.fused_encoding (the renderer writes the position encoding straight into the padded
+    trunk's input buffer, models.nerf.EncodedInput) gives bit for bit the render of encoding,
+    casting and copying (its slow twin, fused_encoding=False), in the parameters' dtype and on the
+    half engine; and PositionalEncoding.encode_into equals the encoder's output cast."""
+    torch.manual_seed(6)
+    nets = [NeRF(W=64, D=6, skips=(1, 3)).to(dtype) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.2)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=13, n_importance=18, netchunk=77)).to(dtype)
+    precision = Precision("half", "the half engine", inference_dtype=half) if half else Precision("x", "")
+    rays = _rays(23, dtype)
+    slow = r.with_engine(Engine(precision=precision, fused_encoding=False))
+    fast = r.with_engine(Engine(precision=precision))
+    assert fast.engine.path(False, "cpu").prefill and not slow.engine.path(False, "cpu").prefill
+    ref = slow.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    got = fast.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    for k in ("rgb", "depth", "acc"):
+        assert torch.equal(got[k], ref[k]), k
+    with torch.no_grad():
+        pts = rays[:5, None, :3] + rays[:5, None, 3:6] * torch.linspace(0.5, 3.0, 7, dtype=dtype)[:, None]
+        a, b = slow.run_field(r.fine, pts, rays[:5, 8:11]), fast.run_field(r.fine, pts, rays[:5, 8:11])
+        for x, y in zip(a, b):
+            assert (x is None and y is None) or torch.equal(x, y)
+    enc = PositionalEncoding(10, input_scale=10.0)
+    x = torch.randn(40, 3, dtype=dtype)
+    out = torch.full((40, 70), 7.0, dtype=half or dtype)
+    enc.encode_into(x, out[:, :63])
+    assert torch.equal(out[:, :63], enc(x).to(out.dtype)) and (out[:, 63:] == 7).all()
