@@ -139,15 +139,31 @@ def run(opts):
             raise failure from None
 
 
+def process_seconds():
+    """Seconds since this process started (Linux: /proc), or None."""
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_mode(opts):
     rng = seed_everything(opts.seed)
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
+    t0 = time.perf_counter()
     scene = load_scene(opts.data)
     if opts.seeds is not None and opts.seeds.instance:
         scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
+    t1 = time.perf_counter()
     renderer = build_renderer(opts.model, device, opts.precision)
     save_resolved_config(opts.config, opts.save_dir)
+    age = process_seconds()
+    print(f"[jnerf] start-up: {'?' if age is None else f'{age:.1f}'} s since the process started (scene "
+          f"{t1 - t0:.1f} s, renderer {time.perf_counter() - t1:.1f} s)", flush=True)
     return MODES[opts.mode].entry(opts, scene, renderer, rng)
 
 

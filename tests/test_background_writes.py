@@ -119,3 +119,19 @@ def test_view_output_writer_equals_write_view_outputs(tmp_path, with_gt, with_wo
         sink.finish()
     assert sorted(os.listdir(out)) == sorted(os.listdir(ref))
     assert _digests(out) == _digests(ref) and len(_digests(ref)) >= 3 * n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+def test_background_writes_on_cuda(tmp_path):
+    """On the GPU the views are copied to pinned host memory without a sync: the same files and
+    tensors as writing in the caller."""
+    t = torch.arange(12.0, device="cuda").reshape(3, 4)
+    got = HostCopy([t, torch.ones(2)]).get()
+    assert got[0].device.type == "cpu" and got[0].is_pinned() and torch.equal(got[0], t.cpu())
+    renderer = tiny_renderer(dtype=torch.float32).cuda()
+    cams = _cameras()
+    gt = torch.rand(len(cams), cams.height, cams.width, 3, generator=torch.Generator().manual_seed(0))
+    bg = render_views(renderer, cams, gt, str(tmp_path / "bg"), progress=False, writers=3)
+    fg = render_views(renderer, cams, gt, str(tmp_path / "fg"), progress=False, writers=0)
+    assert all(torch.equal(bg[k], fg[k]) for k in ("rgb", "depth", "disp"))
+    assert _digests(tmp_path / "bg") == _digests(tmp_path / "fg")

@@ -265,3 +265,20 @@ def test_encoding_into_the_trunk_buffer_equals_encode_then_copy(dtype, half):
     out = torch.full((40, 70), 7.0, dtype=half or dtype)
     enc.encode_into(x, out[:, :63])
     assert torch.equal(out[:, :63], enc(x).to(out.dtype)) and (out[:, 63:] == 7).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+def test_encoding_into_the_buffer_on_cuda_is_bit_exact():
+    """The float16 engine on the GPU: the render with the encoding written into the buffer equals the
+    encode-cast-copy render bit for bit."""
+    torch.manual_seed(7)
+    nets = [NeRF(W=128) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=32, n_importance=64)).cuda()
+    rays = _rays(4096, torch.float32).cuda()
+    half = Precision("half", "the half engine", inference_dtype=torch.float16)
+    ref = r.with_engine(Engine(precision=half, fused_encoding=False)).render_chunked(rays, keys=("rgb", "depth"))
+    got = r.with_engine(Engine(precision=half)).render_chunked(rays, keys=("rgb", "depth"))
+    assert torch.equal(got["rgb"], ref["rgb"]) and torch.equal(got["depth"], ref["depth"])

@@ -108,3 +108,17 @@ def test_every_step_runs_in_training_mode_around_periodic_renders(tmp_path, one_
     trainer.test_viz_factor = 4                  # small periodic renders
     trainer.fit(end=6)
     assert seen == [True] * 7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+def test_checks_and_log_vectors_on_cuda():
+    named = [("a", torch.randn(100, device="cuda")), ("b", torch.randn(7, 7, device="cuda", dtype=torch.float16))]
+    assert non_finite_tensor(named) is None
+    named[1][1][3, 3] = float("inf")
+    assert non_finite_tensor(named) == ("b", 1)
+    logger = TBLogger("unused", flush_every=100, enabled=False)
+    logger.enabled, logger.writer = True, _Events()
+    vec = torch.tensor([1.5, 2.25, float("nan")], dtype=torch.float64, device="cuda")
+    logger.scalars(3, LogVector(("a", "b", "c"), vec))
+    logger.flush()
+    assert logger.writer.calls[:2] == [("a", 1.5, 3), ("b", 2.25, 3)] and math.isnan(logger.writer.calls[2][1])

@@ -277,7 +277,8 @@ class Trainer:
         """Steps self.start .. end (default n_iters) inclusive, then the final test render.
         Returns dict(steps, seconds (the loop, without the final render), final_step, test_psnr,
         test_psnr_per_view, steady_seconds_per_step (the seconds per step after the first tenth
-        of the steps, at least STEADY_SKIP of them, are left out; None without steps)). Raises
+        of the steps, at least STEADY_SKIP of them, are left out; None without steps),
+        render_seconds (the final test render, its files written)). Raises
         Diverged on a non-finite loss or weight, Interrupted (with a checkpoint at the current
         step) on Ctrl-C / SIGTERM."""
         end = self.n_iters if end is None else end
@@ -339,9 +340,11 @@ class Trainer:
         elapsed = t_end - t0
         steady = (t_end - t_warm) / (end + 1 - warm_at) if t_warm is not None else None
         result = self.periodic_render(end, "test")
+        render_seconds = self._clock() - t_end
         self.logger.close()
         return dict(steps=len(steps), seconds=elapsed, final_step=end, test_psnr=result["psnr"],
-                    test_psnr_per_view=result["psnr_per_view"], steady_seconds_per_step=steady)
+                    test_psnr_per_view=result["psnr_per_view"], steady_seconds_per_step=steady,
+                    render_seconds=render_seconds)
 
     def train_mode(self):
         """The renderer and the objective's modules in training mode. Setting the mode walks every
