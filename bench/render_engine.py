@@ -8,8 +8,10 @@ with the renders (models/render_views.py).
 Variants (models.engine.Engine): `slow encoding` = fused_encoding off (the positions encoded,
 cast and copied into the trunk's input buffer: the slow twin), `default` = encoded straight into
 the buffer. Each row: median of --repeats renders of one view after a warm-up, and the largest
-|rgb - slow twin| (0: the same arithmetic). On CUDA also the fp32 engine's render of the same
-weights as the precision reference (|rgb - fp32| of the fp16 engine, for the policy's PSNR bound).
+|rgb - slow twin| (0: the same arithmetic). On CUDA also: the points per network call (netchunk)
+and rays per render call swept around the config's (chunk sizes for the device: activation blocks
+that stay in L2 against launch counts), and the fp32 engine's render of the same weights as the
+precision reference (|rgb - fp32| of the fp16 engine, for the policy's PSNR bound).
 Prints Markdown tables.
 """
 import argparse
@@ -55,6 +57,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--views", type=int, default=30, help="views of the written set")
     p.add_argument("--precision", default=None, help="default: fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--sweep", action="store_true", help="on the CPU too: netchunk and render-chunk variants "
+                   "(always on CUDA)")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = a.precision or ("fp16" if device.type == "cuda" else "fp32")
@@ -68,7 +72,8 @@ def main():
         rays = scene.cameras(scene.test).image_rays(0, device)
         keys = ("rgb", "depth", "disp")
         variants = [("slow encoding (twin)", replace(base.engine, fused_encoding=False)),
-                    ("default", base.engine)]
+                    ("encoding into the buffer" + (" (default)" if device.type == "cuda" else ""),
+                     replace(base.engine, fused_encoding=True))]
         dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
         print(f"\ndevice: {dev_name}; precision {precision}; view {a.width}x{a.height}, 64 + 128 samples, "
               f"median of {a.repeats}\n")
@@ -79,6 +84,18 @@ def main():
             sec, out = timed(lambda: r.render_chunked(rays, keys=keys), device, a.repeats)
             ref = out if ref is None else ref
             print(f"| {name} | {1e3 * sec:.1f} ms | {float((out['rgb'] - ref['rgb']).abs().max()):.2e} |")
+        if device.type == "cuda" or a.sweep:       # points per network call and rays per render call
+            from models.rendering import Renderer
+            for netchunk in (1 << 18, 1 << 19, 1 << 21):
+                r = Renderer(base.coarse, base.fine, base.pos_enc, base.dir_enc, replace(base.opts, netchunk=netchunk),
+                             base.engine).eval()
+                sec, got = timed(lambda: r.render_chunked(rays, keys=keys), device, a.repeats)
+                print(f"| default, netchunk {netchunk >> 10}k points (config: {base.opts.netchunk >> 10}k) | "
+                      f"{1e3 * sec:.1f} ms | {float((got['rgb'] - ref['rgb']).abs().max()):.2e} |")
+            for chunk in (1 << 13, 1 << 16):
+                sec, got = timed(lambda: base.render_chunked(rays, chunk=chunk, keys=keys), device, a.repeats)
+                print(f"| default, {chunk} rays per render call (config: {base.opts.chunk}) | {1e3 * sec:.1f} ms | "
+                      f"{float((got['rgb'] - ref['rgb']).abs().max()):.2e} |")
         if device.type == "cuda" and precision != "fp32":
             fp32 = base.with_engine(replace(base.engine, precision=PRECISIONS["fp32"].on(device)))
             torch.backends.cuda.matmul.allow_tf32 = False

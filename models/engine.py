@@ -42,7 +42,8 @@ class Engine:
                                             # cuBLASLt's epilogue needs a contiguous output)
     train_epilogue: Optional[bool] = None   # training: the _Linear layers; None = on CUDA only (CPU results stay
                                             # those of the eager ops)
-    fused_encoding: bool = True             # inference, padded trunk: encode into the input buffer (same values)
+    fused_encoding: Optional[bool] = None   # inference, padded trunk: encode into the input buffer (same values);
+                                            # None = on CUDA only (on the CPU the strided sin/cos writes were slower)
 
     def path(self, grad: bool, device) -> Path:
         """The evaluation of a pass with (grad) or without autograd on `device`."""
@@ -53,4 +54,4 @@ class Engine:
         direct = (self.skip_write or ("copy" if cuda else "direct")) == "direct"
         return Path(False, self.precision.inference_dtype, fused=self.fused, pad_k=self.pad_k,
                     compose_head=self.compose_head, skip_direct=direct,
-                    prefill=self.fused_encoding and self.fused and self.pad_k)
+                    prefill=(cuda if self.fused_encoding is None else self.fused_encoding) and self.fused and self.pad_k)

@@ -237,7 +237,7 @@ def test_cpu_renders_cap_the_points_per_call(monkeypatch):
                                         (torch.float32, torch.bfloat16)])
 def test_encoding_into_the_trunk_buffer_equals_encode_then_copy(dtype, half):
     """Engine.fused_encoding (the renderer writes the position encoding straight into the padded
-    trunk's input buffer, models.nerf.EncodedInput) gives bit for bit the render of encoding,
+    trunk's input buffer, models.nerf.EncodedInput; on by default on CUDA) gives bit for bit the render of encoding,
     casting and copying (its slow twin, fused_encoding=False), in the parameters' dtype and on the
     half engine; and PositionalEncoding.encode_into equals the encoder's output cast."""
     torch.manual_seed(6)
@@ -249,8 +249,9 @@ def test_encoding_into_the_trunk_buffer_equals_encode_then_copy(dtype, half):
     precision = Precision("half", "the half engine", inference_dtype=half) if half else Precision("x", "")
     rays = _rays(23, dtype)
     slow = r.with_engine(Engine(precision=precision, fused_encoding=False))
-    fast = r.with_engine(Engine(precision=precision))
+    fast = r.with_engine(Engine(precision=precision, fused_encoding=True))
     assert fast.engine.path(False, "cpu").prefill and not slow.engine.path(False, "cpu").prefill
+    assert not Engine().path(False, "cpu").prefill and Engine().path(False, "cuda").prefill   # default: CUDA only
     ref = slow.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
     got = fast.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
     for k in ("rgb", "depth", "acc"):
