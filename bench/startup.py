@@ -78,7 +78,7 @@ def main():
         cache = os.path.join(work, "cache")
         rows = []
         for what, argv in kinds:
-            res = {"off": []} if a.code != ROOT else {"off": [], "cold": [], "warm": []}
+            res = {"off": []} if os.path.abspath(a.code) != ROOT else {"off": [], "cold": [], "warm": []}
             for _ in range(a.repeats):
                 res["off"].append(run_child(argv, "off", a.code))
                 if "cold" in res:

@@ -160,3 +160,15 @@ def test_unique_ids_equal_numpy_unique():
         assert np.array_equal(_unique_ids(m), np.unique(m))
     maps = [rng.integers(0, 50, (4, 4)) for _ in range(3)]
     assert np.array_equal(label_classes(maps), np.union1d([0], np.unique(np.concatenate([m.ravel() for m in maps]))))
+
+
+def test_whole_split_conversions_equal_the_per_frame_conversions(scene, tmp_path, monkeypatch):
+    """The stacked path (`ReplicaLoader._stacked_split`: one conversion per split) against the
+    per-frame conversions of `_load_frame` (the loader's earlier and fallback path), cache off and on."""
+    for cache in ("off", str(tmp_path / "cache")):
+        monkeypatch.setenv(frame_cache.ENV, cache)
+        fast = _load(scene)
+        with monkeypatch.context() as m:
+            m.setattr(ReplicaLoader, "_stacked_split", lambda self, decoded: None)
+            per_frame = _load(scene)
+        _assert_same_scene(fast, per_frame)
