@@ -189,6 +189,17 @@ class NeRF(nn.Module):
             return self._trunk_padded(x_enc, path.skip_direct)
         return self._trunk_layered(x_enc, path.epilogue, fast)
 
+    def padded_input(self, encoder, pts, dtype):
+        """The zero-padded encoded input of `forward_mixed` ([..., input_ch rounded up to a multiple of
+        8] in the 16-bit `dtype`), written by `encoder` (encode_into) without an encoded float32 copy,
+        a cast and a pad of its own: the same values as F.pad(encoder(pts).to(dtype), ...)."""
+        c = self.input_ch
+        x = pts.reshape(-1, pts.shape[-1])
+        buf = x.new_empty((x.shape[0], c + (-c) % 8), dtype=dtype)
+        encoder.encode_into(x, buf[:, :c])
+        buf[:, c:] = 0
+        return buf.reshape(*pts.shape[:-1], buf.shape[-1])
+
     def encoded_input(self, encoder, pts, dtype):
         """EncodedInput of points pts [..., 3]: the padded trunk's input buffer in `dtype` with the
         position encoding written into it by `encoder` (models.encoding.PositionalEncoding.encode_into:
@@ -294,11 +305,13 @@ class NeRF(nn.Module):
         losses and Jacobians (the rgb_linear inputs only with `features`; else rgb_features is
         None; the trunk output stays in `dtype`). The position input is zero-padded to a multiple
         of 8 channels (with zero weight columns: the same sums plus zeros) so that the first and
-        the skip layer are tensor-core aligned. epilogue: the layers as `_Linear`. Same function as
+        the skip layer are tensor-core aligned (x_enc may come padded already: `padded_input`).
+        epilogue: the layers as `_Linear`. Same function as
         `forward` up to the rounding of `dtype` (tests/test_precision.py)."""
         c, W = self.input_ch, self.W
         pad = (-c) % 8
-        x = F.pad(x_enc.to(dtype), (0, pad))
+        # an input already padded in `dtype` (the renderer's `padded_input`) is used as it is
+        x = x_enc if x_enc.shape[-1] == c + pad and x_enc.dtype == dtype else F.pad(x_enc.to(dtype), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
             h = linear_train(h, self._padded_weight(i, pad).to(dtype), layer.bias.to(dtype), epilogue, relu=True)

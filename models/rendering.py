@@ -178,7 +178,9 @@ class Renderer(nn.Module):
         half = None if path.grad else path.dtype      # the half engine: cast in, outputs cast back
 
         def call(p, d):
-            if path.prefill:                            # encoded straight into the trunk's input buffer
+            if path.prefill and path.grad:              # 16-bit training pass: encoded straight into its padded input
+                x = net.padded_input(self.pos_enc, p, path.dtype)
+            elif path.prefill:                          # encoded straight into the trunk's input buffer
                 x = net.encoded_input(self.pos_enc, p, half or p.dtype)
             else:
                 x = self.pos_enc(p)
@@ -206,7 +208,7 @@ class Renderer(nn.Module):
         dt = (None if path.grad else path.dtype) or pts.dtype
 
         def encoded(p):
-            return net.encoded_input(self.pos_enc, p, dt) if path.prefill else self.pos_enc(p).to(dt)
+            return net.encoded_input(self.pos_enc, p, dt) if path.prefill and not path.grad else self.pos_enc(p).to(dt)
         return torch.cat([net.density(encoded(pts[i:i + per_call]), path).to(pts.dtype)
                           for i in range(0, pts.shape[0], per_call)], 0)
 

@@ -283,3 +283,34 @@ def test_encoding_into_the_buffer_on_cuda_is_bit_exact():
     ref = r.with_engine(Engine(precision=half, fused_encoding=False)).render_chunked(rays, keys=("rgb", "depth"))
     got = r.with_engine(Engine(precision=half)).render_chunked(rays, keys=("rgb", "depth"))
     assert torch.equal(got["rgb"], ref["rgb"]) and torch.equal(got["depth"], ref["depth"])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA only"))])
+@pytest.mark.parametrize("train_dtype", [torch.bfloat16, torch.float16])
+def test_encoding_into_the_padded_training_input_equals_encode_cast_pad(train_dtype, device):
+    """16-bit training passes (--precision mixed: NeRF.forward_mixed): the renderer's padded input
+    written by the encoder (NeRF.padded_input) gives bit for bit the loss and every gradient of
+    encoding, casting and padding in forward_mixed (fused_encoding=False, the slow twin)."""
+    torch.manual_seed(8)
+    nets = [NeRF(W=32) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.2)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=8, n_importance=8)).to(device)
+    precision = Precision("mixed-like", "16-bit training passes", train_dtype=train_dtype)
+    rays = _rays(16, torch.float32).to(device)
+    results = []
+    for fused in (False, True):
+        e = r.with_engine(Engine(precision=precision, fused_encoding=fused))
+        assert e.engine.path(True, device).prefill == fused
+        for p in r.parameters():
+            p.grad = None
+        with torch.enable_grad():
+            out = e.render_rays(rays, train=False, keep_fine=True)
+            loss = out["rgb"].square().mean() + out["rgb_coarse"].square().mean()
+            loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in r.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)
