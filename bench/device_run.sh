@@ -72,7 +72,7 @@ step_command() {  # name -> "timeout command..." (words), or nothing for an unkn
     render_engine) echo 120 python bench/render_engine.py ;;
     aggregator_block) echo 150 python bench/aggregator_block.py ;;
     startup) echo 200 python bench/startup.py --work "$W" --repeats 2 ;;
-    long_plain) echo 590 python bench/long_run.py --work "$W" --steps 50000 --timeout 560 ;;
+    long_plain) echo 590 python bench/long_run.py --work "$W" --steps 50000 --timeout 480 ;;
   esac
 }
 
