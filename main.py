@@ -216,19 +216,30 @@ def finished(opts, step):
             and os.path.isfile(os.path.join(opts.save_dir, "metrics.json")))
 
 
+def process_seconds():
+    """Seconds since this process started (Linux: /proc), or None."""
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_mode(opts):
     rng = seed_everything(opts.seed)
     device = configure_device(opts)
     print(f"[jnerf] mode: {opts.mode}; device: {device}; save_dir: {opts.save_dir}", flush=True)
+    t0 = time.perf_counter()
     scene = load_scene(opts.data)
     if opts.seeds is not None:
         scene = with_user_labels(scene, opts.seeds.user)    # --clicks / --scribbles, every entry checked
         check_label_source(opts, scene)
-    if opts.seeds is not None and opts.seeds.instance:
-        scene.eval_labels(scene.train, instance=True)    # --test_instance: InputError without instance maps
     note = ray_budget_note(opts, scene) if MODES[opts.mode].trains else None
     if note:
         print(note, file=sys.stderr, flush=True)
+    t1 = time.perf_counter()
     renderer = build_renderer(opts.model, device, opts.precision)
     step = preflight_checkpoint(opts, scene, renderer)
     if finished(opts, step):
@@ -238,6 +249,9 @@ def run_mode(opts):
     # every input is validated and the checkpoint loaded: only now does the folder change
     start_run_dir(opts.save_dir, overwrite=opts.overwrite, keep=kept_folders(opts))
     save_resolved_config(opts.config, opts.save_dir)
+    age = process_seconds()
+    print(f"[jnerf] start-up: {'?' if age is None else f'{age:.1f}'} s since the process started (scene "
+          f"{t1 - t0:.1f} s, renderer {time.perf_counter() - t1:.1f} s)", flush=True)
     return MODES[opts.mode].entry(opts, scene, renderer, rng)
 
 

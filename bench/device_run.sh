@@ -27,8 +27,18 @@
 #   commands         bash bench/gpu_commands.sh: the paper's commands through main.py
 #   estimate         python -m experiments.reproduce $PLAN --estimate (default experiments/replica.yaml):
 #                    the projected time of a reproduction plan on this GPU (calibration runs included)
+#   tests_perf       CUDA tests of issue 20's paths: graph replay of the aggregator step, encoding into the
+#                    float16 buffer, background writes, checks and log vectors (about 1 min)
+#   render_engine    bench/render_engine.py: one 320x240 view per engine variant (diff against the slow twin,
+#                    fp16 against fp32) and 30 views written in the caller vs in the background (about 40 s)
+#   aggregator_block bench/aggregator_block.py: ops, us/step, 200k projection and labels vs eager of the
+#                    eager, previous graphed and device aggregator steps, fp32 and tf32 (about 1 min)
+#   startup          bench/startup.py: start-up of a stage uncached / cold / warm frame cache, frames and
+#                    frames + descriptors, 2 fresh processes each (about 1.5 min)               [scene]
+#   long_plain       bench/long_run.py: 50k plain steps through main.py, --precision mixed, a checkpoint
+#                    every 100 steps; the rate in 5k-step windows (about 6 min: a call of its own) [scene]
 # [scene]: the 900-frame 320x240 synthetic room of bench/pipeline.py in $WORK, generated on the CPU
-# in the background while the steps before run.
+# in the background while the steps before run (about 30 s on 16 cores).
 #
 # Environment: OUT (logs; /tmp/bench_out), BUDGET (seconds for all steps; 540, under a 600 s call),
 # WORK (the pipeline's scene and runs; /tmp/jnerf_pipe), PLAN (the estimate step's YAML).
@@ -60,6 +70,12 @@ step_command() {  # name -> "timeout command..." (words), or nothing for an unkn
     oracle) echo 200 python -m experiments.oracle ;;
     commands) echo 600 env OUT="$OUT" bash bench/gpu_commands.sh ;;
     estimate) echo 600 python -m experiments.reproduce "${PLAN:-experiments/replica.yaml}" --estimate ;;
+    tests_perf) echo 150 python -m pytest -q -rs tests/test_aggregator_step.py tests/test_fused_inference.py \
+                    tests/test_background_writes.py tests/test_host_overhead.py tests/test_frame_cache.py ;;
+    render_engine) echo 120 python bench/render_engine.py ;;
+    aggregator_block) echo 150 python bench/aggregator_block.py ;;
+    startup) echo 200 python bench/startup.py --work "$W" --repeats 2 ;;
+    long_plain) echo 590 python bench/long_run.py --work "$W" --steps 50000 --timeout 480 ;;
   esac
 }
 
@@ -72,7 +88,7 @@ done
 
 SCENE=
 for spec in "$@"; do
-  case "${spec%% *}" in psnr|pipeline|semantic_precision)
+  case "${spec%% *}" in psnr|pipeline|startup|long_plain|semantic_precision)
     python bench/pipeline.py --work "$W" --prepare_only > "$OUT/scene.log" 2>&1 & SCENE=$!; break ;;
   esac
 done
@@ -80,9 +96,7 @@ done
 for spec in "$@"; do
   name=${spec%% *}; extra=; [ "$spec" != "$name" ] && extra=${spec#* }
   set -- $(step_command "$name"); t=$1; shift
-  if [ -n "$SCENE" ] && { [ "$name" = psnr ] || [ "$name" = pipeline ] || [ "$name" = semantic_precision ]; }; then
-    wait "$SCENE"; SCENE=
-  fi
+  case "$name" in psnr|pipeline|startup|long_plain|semantic_precision) [ -n "$SCENE" ] && { wait "$SCENE"; SCENE=; } ;; esac
   t0=$(date +%s); left=$(( DEADLINE - t0 )); [ "$left" -lt "$t" ] && t=$left
   if [ "$t" -le 5 ]; then echo "skipped: no time left" >> "$OUT/$name.log"; continue; fi
   echo "\$ $* $extra" >> "$OUT/$name.log"

@@ -33,6 +33,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -136,6 +137,66 @@ def aggregator_rate(m, agg_steps):
     return steps, rate
 
 
+# issue 20's table: (row, before = the issue's figures on one H200, goal, floor); "after" comes from this run
+ISSUE_ROWS = [
+    ("plain", "plain step in main.py, --precision mixed, steady", "6.45 ms", "<= 4.5 ms", "1.2 ms arithmetic"),
+    ("render", "render one 320x240 view, fp16 engine (the final render of the 180 test views)", "110 ms (20 s)",
+     "<= 50 ms", "~30 ms"),
+    ("3d_sparse", "3D sparse propagation, 7 seeds x 180 views, whole command", "26.8 s", "<= 12 s",
+     "one render of the set + start-up"),
+    ("2d_sparse", "2D sparse propagation, whole command", "28.2 s", "<= 12 s", "same"),
+    ("dense", "3D / 2D dense (200k aggregator steps), whole command", "102.7 / 104.2 s", "<= 30 s",
+     "aggregator 85 us/step from memory traffic"),
+    ("perturb", "--perturb_gradient --N_rays 1, 180 views", "29.2 s", "<= 15 s", "~6 s of renders"),
+    ("startup", "process start-up before the first step (900 frames + descriptors)", "~20 s", "<= 5 s",
+     "reading 900 PNGs"),
+    ("pipeline", "README pipeline (200k plain + 10k shaping + 4 propagation commands)", "~28 min projected",
+     "<= 20 min", "~10 min"),
+]
+STARTUP = re.compile(r"\[jnerf\] start-up: ([0-9.]+) s")
+
+
+def startup_seconds(log_path):
+    """The `[jnerf] start-up: X s` of a stage's log (main.py: process start to the mode's entry), or None."""
+    try:
+        with open(log_path) as f:
+            m = STARTUP.search(f.read())
+    except OSError:
+        return None
+    return float(m.group(1)) if m else None
+
+
+def issue_table(rows, total):
+    """The issue's rows, before | after (this run) | goal | floor."""
+    def wall(name):
+        r = rows.get(name)
+        return None if r is None else r.get("projected", r["wall"])
+    after = {}
+    if "plain" in rows and rows["plain"].get("metrics"):
+        m = rows["plain"]["metrics"]
+        after["plain"] = rows["plain"].get("rate", "")
+        if m.get("render_seconds"):
+            after["render"] = (f"{1e3 * m['render_seconds'] / max(1, m.get('test_views', 1)):.0f} ms "
+                               f"({m['render_seconds']:.1f} s, files included)")
+    for name in ("3d_sparse", "2d_sparse", "perturb"):
+        if name in rows:
+            after[name] = f"{rows[name]['wall']:.1f} s"
+    dense = [wall(n) for n in ("3d_dense", "2d_dense")]
+    if any(d is not None for d in dense):
+        after["dense"] = " / ".join("-" if d is None else f"{d:.1f} s" for d in dense) + " (projected)"
+    starts = {n: r.get("startup") for n, r in rows.items() if r.get("startup") is not None}
+    if starts:
+        worst = max(starts, key=starts.get)
+        after["startup"] = f"{starts[worst]:.1f} s ({worst}; " + ", ".join(
+            f"{n} {v:.1f}" for n, v in starts.items() if n != worst) + ")"
+    if total:
+        after["pipeline"] = f"{total / 60:.1f} min projected"
+    out = ["| stage | before | after | goal | floor |", "| --- | ---: | ---: | ---: | ---: |"]
+    for key, row, before, goal, floor in ISSUE_ROWS:
+        out.append(f"| {row} | {before} | {after.get(key, 'not run')} | {goal} | {floor} |")
+    return "\n".join(out)
+
+
 def metrics(save_dir):
     path = os.path.join(save_dir, "metrics.json")
     if not os.path.isfile(path):
@@ -223,7 +284,7 @@ def main():
             limit = a.timeout if a.deadline is None else min(a.timeout, int(a.deadline - time.time()) - 3)
             rc, wall = run_stage(name + T, stages[name] + ["--no_cuda_graph"], logs, limit)
         m = metrics(os.path.join(W, dirs[name] + T))
-        row = dict(rc=rc, wall=wall, metrics=m)
+        row = dict(rc=rc, wall=wall, metrics=m, startup=startup_seconds(os.path.join(logs, f"{name}{T}.log")))
         if name in ("plain", "shape") and m:
             rate = training_rate(m)
             row["rate"] = f"{1e3 * rate:.2f} ms/step"
@@ -253,16 +314,20 @@ def main():
     print(f"\ndevice: {device}; torch {torch.__version__}; precision {a.precision} {a.extra}; scene "
           f"{a.frames} frames {a.width}x{a.height} (prepared in {scene_s:.0f} s)")
     print(f"reduced lengths: plain {a.plain_steps}, shaping {a.shape_steps}, aggregator {a.agg_steps}\n")
-    print("| stage | exit | wall (s) | rate | projected full length (s) | result |")
-    print("| --- | --- | ---: | --- | ---: | --- |")
+    print("| stage | exit | wall (s) | start-up (s) | rate | projected full length (s) | result |")
+    print("| --- | --- | ---: | ---: | --- | ---: | --- |")
     total = 0.0
     for name, r in rows.items():
         proj = r.get("projected")
         if proj is not None and name != "perturb":
             total += proj
-        print(f"| {name} | {r['rc']} | {r['wall']:.1f} | {r.get('rate', '')} | "
-              f"{'' if proj is None else f'{proj:.0f}'} | {r.get('quality', '')} |")
+        start = r.get("startup")
+        print(f"| {name} | {r['rc']} | {r['wall']:.1f} | {'' if start is None else f'{start:.1f}'} | "
+              f"{r.get('rate', '')} | {'' if proj is None else f'{proj:.0f}'} | {r.get('quality', '')} |")
     print(f"| README pipeline (plain + shape + 4 propagation) | | | | {total:.0f} ({total / 60:.1f} min) | |")
+    print(f"\nIssue 20's rows (before: the issue's figures on one H200; after: this run, {device}):\n")
+    print(issue_table(rows, total if {"plain", "shape", "3d_sparse", "2d_sparse", "3d_dense", "2d_dense"} <= set(rows)
+                      else None))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(device=device, args=vars(a), rows=rows, total=total), f, indent=1, default=str)

@@ -1,4 +1,6 @@
 """Per-frame descriptor grids (DINO / LSeg) of a scene: which to read, reading them, PCA."""
+import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -7,6 +9,7 @@ from typing import Optional
 import torch
 
 from datasets import dino_io
+from datasets.frame_cache import cached_stack
 from utils.errors import InputError
 
 
@@ -52,17 +55,30 @@ def load_feature_store(root, numbers, hw, kind, high_res=False, feature_dim=384,
                              f" ({'sidecar ' + dino_io.META_NAME if meta else kind + ' default'})")
         if (kind == "lseg" or high_res) and tuple(g.shape[:2]) != tuple(hw):
             raise InputError(f"{path}: grid {tuple(g.shape[:2])} does not match the image size {hw}")
-        bad = int((~torch.isfinite(g)).sum())
-        if bad:
+        # a float64 sum is finite exactly when every float32 value is (no overflow below 1e308):
+        # one pass instead of isfinite, a negation and a count (22 of the 30 ms a file took)
+        if not math.isfinite(float(g.sum(dtype=torch.float64))):
+            bad = int((~torch.isfinite(g)).sum())
             raise InputError(f"{path}: {bad} non-finite descriptor values (NaN or inf); re-extract this frame")
         return g.to(dtype)
 
-    with ThreadPoolExecutor(workers) as pool:
-        grids = list(pool.map(one, numbers))
-    shapes = {tuple(g.shape) for g in grids}
-    if len(shapes) > 1:
-        raise InputError(f"{folder}: descriptor files have different shapes {sorted(shapes)}")
-    grids = torch.stack(grids)
+    paths = [os.path.join(folder, f"{prefix}_{n}.pth") for n in numbers]
+    by_path = dict(zip(paths, numbers))
+    if dtype in (torch.float16, torch.float32):
+        # decoded once, then memory-mapped from the frame cache (datasets/frame_cache.py); the key
+        # holds everything the grids depend on besides the files
+        extra = (kind, high_res, str(dtype), tuple(hw), grid_hw, expected, json.dumps(meta, sort_keys=True))
+        grids = cached_stack(f"{os.path.basename(folder)}-{len(numbers)}", paths, root,
+                             lambda p: one(by_path[p]).numpy(), workers, extra)
+        grids = [torch.from_numpy(g) for g in grids] if isinstance(grids, list) else torch.from_numpy(grids)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            grids = list(pool.map(one, numbers))
+    if isinstance(grids, list):
+        shapes = {tuple(g.shape) for g in grids}
+        if len(shapes) > 1:
+            raise InputError(f"{folder}: descriptor files have different shapes {sorted(shapes)}")
+        grids = torch.stack(grids)
     if feature_dim > grids.shape[-1]:
         raise InputError(f"--feature_dim {feature_dim} is larger than the descriptors' "
                          f"{grids.shape[-1]} channels in {folder}")

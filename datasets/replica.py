@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from datasets.descriptors import FeatureOptions
+from datasets.frame_cache import cached_stack
 from datasets.frames import list_frames, read_png, read_poses
 from datasets.poses import check_poses
 from datasets.scene import (Intrinsics, Scene, Split, label_classes, remap_labels,
@@ -92,17 +93,18 @@ class ReplicaLoader:
         return path or os.path.join(self.root, folder, f"{prefix}_{number}.png")
 
     # -- loading ----------------------------------------------------------------------------
-    def _load_frame(self, number, tables):
-        """(rgb, semantic, depth, instance, (height, width) of the files) of one frame."""
+    def _load_frame(self, number, tables, read=read_png):
+        """(rgb, semantic, depth, instance, (height, width) of the files) of one frame; `read(path,
+        kind)` gives a file's decoded array (`_load_split`: from the frame cache)."""
         _, rgb_t, sem_t, depth_t, inst_t = tables
         rgb_path = self._path(rgb_t, "rgb", "rgb", number)
-        rgb = read_png(rgb_path, "rgb")
+        rgb = read(rgb_path, "rgb")
         if rgb.ndim != 3:
             raise InputError(f"{rgb_path}: expected a colour image, got shape {rgb.shape}")
         size = rgb.shape[:2]
         rgb = resize_image(rgb.astype(np.float32) / 255.0, self.hw, "linear")
         sem_path = self._path(sem_t, "semantic_class", "semantic_class", number)
-        sem = read_png(sem_path, "semantic_class")
+        sem = read(sem_path, "semantic_class")
         if sem.ndim != 2:
             raise InputError(f"{sem_path}: expected a single-channel label image, got {sem.shape}")
         same_size(sem_path, sem, size, rgb_path)
@@ -110,7 +112,7 @@ class ReplicaLoader:
         depth = inst = None
         if depth_t is not None:
             dpath = self._path(depth_t, "depth", "depth", number)
-            d = read_png(dpath, "depth")
+            d = read(dpath, "depth")
             if d.ndim != 2:
                 raise InputError(f"{dpath}: a {d.shape[2]}-channel image; expected a single-channel uint16 depth "
                                  "image in millimetres")
@@ -121,22 +123,69 @@ class ReplicaLoader:
             depth = resize_image(d.astype(np.float32) / 1000.0, self.hw, "linear")
         if inst_t is not None:
             ipath = self._path(inst_t, "semantic_instance", "semantic_instance", number)
-            i = read_png(ipath, "semantic_instance")
+            i = read(ipath, "semantic_instance")
             same_size(ipath, i, size, rgb_path)
             inst = resize_image(i.astype(np.int64), self.hw, "nearest")
         return (torch.as_tensor(rgb, dtype=torch.float32), np.asarray(sem),
                 None if depth is None else torch.as_tensor(depth, dtype=torch.float32),
                 None if inst is None else np.asarray(inst), (size, rgb_path))
 
-    def _load_split(self, ids, numbers, tables, poses):
-        with ThreadPoolExecutor(self.workers) as pool:
-            frames = list(pool.map(lambda i: self._load_frame(numbers[i], tables), ids))
-        self._check_sizes([f[4] for f in frames])
-        rgb = torch.stack([f[0] for f in frames])
-        depth = torch.stack([f[2] for f in frames]) if tables[3] is not None else None
-        return dict(ids=list(ids), rgb=rgb, sem=[f[1] for f in frames], depth=depth,
-                    inst=[f[3] for f in frames] if tables[4] is not None else None,
-                    poses=torch.from_numpy(poses[ids]))
+    # (index into the tables of `_frames`, folder = file prefix) of each kind of frame file
+    KINDS = ((1, "rgb"), (2, "semantic_class"), (3, "depth"), (4, "semantic_instance"))
+
+    def _decoded(self, ids, numbers, tables, split):
+        """{kind: (paths, arrays)} of the split's frame files: decoded in parallel, or memory-mapped from
+        the frame cache (datasets/frame_cache.py) when an earlier run decoded the same files; arrays
+        is one stacked array [N, ...] when the files share a shape and dtype, else a list."""
+        out = {}
+        for t, kind in self.KINDS:
+            if tables[t] is None:
+                continue
+            paths = [self._path(tables[t], kind, kind, numbers[i]) for i in ids]
+            out[kind] = paths, cached_stack(f"{kind}-{split}", paths, self.root, lambda p, k=kind: read_png(p, k),
+                                            self.workers)
+        return out
+
+    def _stacked_split(self, decoded):
+        """The split's rgb, semantic, depth and instance from stacked arrays in one pass each (the
+        per-frame conversions of `_load_frame` applied to the whole stack: the same values), when
+        every kind is one stack of the config's size that passes `_load_frame`'s checks; else None
+        (the per-frame path then converts, and names any odd file)."""
+        if any(not isinstance(arrays, np.ndarray) for _, arrays in decoded.values()):
+            return None
+        rgb, sem = decoded["rgb"][1], decoded["semantic_class"][1]
+        depth = decoded.get("depth", (None, None))[1]
+        inst = decoded.get("semantic_instance", (None, None))[1]
+        size = rgb.shape[1:3]
+        if (rgb.ndim != 4 or tuple(size) != self.hw or sem.shape != rgb.shape[:3]
+                or (depth is not None and (depth.shape != sem.shape or depth.dtype != np.uint16))
+                or (inst is not None and inst.shape != sem.shape)):
+            return None
+        self._check_sizes([(tuple(size), decoded["rgb"][0][0])])
+        rgb = rgb.astype(np.float32)
+        rgb /= 255.0
+        if depth is not None:
+            depth = depth.astype(np.float32)
+            depth /= 1000.0
+        return (torch.from_numpy(rgb), [np.asarray(sem)], None if depth is None else torch.from_numpy(depth),
+                None if inst is None else [np.asarray(inst)])
+
+    def _load_split(self, ids, numbers, tables, poses, split="train"):
+        """The split's frames: rgb [N, H, W, 3] and depth float32 tensors; semantic and instance maps as
+        lists of stacked raw-id arrays (remapped by `load`)."""
+        decoded = self._decoded(ids, numbers, tables, split)
+        stacked = self._stacked_split(decoded)
+        if stacked is None:
+            arrays = {p: a for paths, arrays in decoded.values() for p, a in zip(paths, arrays)}
+            read = lambda path, kind: arrays[path] if path in arrays else read_png(path, kind)  # noqa: E731
+            with ThreadPoolExecutor(self.workers) as pool:
+                frames = list(pool.map(lambda i: self._load_frame(numbers[i], tables, read), ids))
+            self._check_sizes([f[4] for f in frames])
+            stacked = (torch.stack([f[0] for f in frames]), [np.stack([f[1] for f in frames])],
+                       torch.stack([f[2] for f in frames]) if tables[3] is not None else None,
+                       [np.stack([f[3] for f in frames])] if tables[4] is not None else None)
+        rgb, sem, depth, inst = stacked
+        return dict(ids=list(ids), rgb=rgb, sem=sem, depth=depth, inst=inst, poses=torch.from_numpy(poses[ids]))
 
     def _check_sizes(self, sizes):
         """Every frame has the size of the first, and the config's size has its aspect ratio."""
@@ -160,18 +209,18 @@ class ReplicaLoader:
         poses = read_poses(traj, len(numbers))
         check_poses(poses, lambda i: f"{traj}: line {i + 1} (frame rgb_{numbers[i]})")
         train_ids, test_ids = replica_split_ids(len(numbers), self.training_mode)
-        train = self._load_split(train_ids, numbers, tables, poses)
-        test = self._load_split(test_ids, numbers, tables, poses)
+        train = self._load_split(train_ids, numbers, tables, poses, "train")
+        test = self._load_split(test_ids, numbers, tables, poses, "test")
 
         classes = label_classes(train["sem"] + test["sem"])
-        train_sem = torch.stack(remap_labels(train["sem"], classes))
-        test_sem = torch.stack(remap_labels(test["sem"], classes))
+        train_sem = torch.cat(remap_labels(train["sem"], classes))
+        test_sem = torch.cat(remap_labels(test["sem"], classes))
         inst_classes = None
         train_inst = test_inst = None
         if train["inst"] is not None:
             inst_classes = label_classes(train["inst"] + test["inst"])
-            train_inst = torch.stack(remap_labels(train["inst"], inst_classes))
-            test_inst = torch.stack(remap_labels(test["inst"], inst_classes))
+            train_inst = torch.cat(remap_labels(train["inst"], inst_classes))
+            test_inst = torch.cat(remap_labels(test["inst"], inst_classes))
 
         features = None
         if self.features.kind:

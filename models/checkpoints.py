@@ -156,10 +156,24 @@ def named_tensors(obj, prefix=""):
             yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
+def _all_finite_fast(tensors):
+    """True when the 2-norm of every tensor is finite, which implies every value is (a NaN or inf
+    makes the norm NaN or inf): one multi-tensor kernel per device and dtype and one host read,
+    where an isfinite().all() per tensor took about 400 launches (11.6 of a checkpoint's 39 ms
+    on an H200). False also when a norm overflows (values above ~1e19): the exact check decides."""
+    groups = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    norms = [torch.stack(torch._foreach_norm(ts)).isfinite().all() for ts in groups.values()]
+    return bool(torch.stack([n.cpu() for n in norms]).all()) if norms else True
+
+
 def non_finite_tensor(named):
     """(name, count of NaN/inf values) of the first tensor of `named` ((name, tensor) pairs) that is not
     all finite, or None. One host sync for all tensors of a device."""
     named = list(named)
+    if _all_finite_fast([t for _, t in named]):
+        return None
     by_device = {}
     for i, (_, t) in enumerate(named):
         by_device.setdefault(t.device, []).append(i)

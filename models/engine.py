@@ -25,6 +25,9 @@ class Path(NamedTuple):
     pad_k: bool = False                     # no grad: the 63-d position input zero-padded to 64
     compose_head: bool = False              # no grad: alpha + feature + views.0 as one GEMM
     skip_direct: bool = False               # no grad: the layer before a skip writes into the buffer in place
+    prefill: bool = False                   # the renderer encodes positions straight into the pass's input buffer:
+                                            # no grad, padded trunk: models.nerf.EncodedInput; grad with a 16-bit
+                                            # dtype: the zero-padded input of NeRF.forward_mixed
 
 
 REFERENCE = Path(grad=True)                 # the layered network in the parameters' dtype (the slow twin)
@@ -40,13 +43,18 @@ class Engine:
                                             # cuBLASLt's epilogue needs a contiguous output)
     train_epilogue: Optional[bool] = None   # training: the _Linear layers; None = on CUDA only (CPU results stay
                                             # those of the eager ops)
+    fused_encoding: Optional[bool] = None   # inference, padded trunk: encode into the input buffer (same values);
+                                            # None = on CUDA only (on the CPU the strided sin/cos writes were slower)
 
     def path(self, grad: bool, device) -> Path:
         """The evaluation of a pass with (grad) or without autograd on `device`."""
         cuda = torch.device(device).type == "cuda"
+        fused_encoding = cuda if self.fused_encoding is None else self.fused_encoding
         if grad:
             epilogue = cuda if self.train_epilogue is None else self.train_epilogue
-            return Path(True, self.precision.train_dtype, epilogue=epilogue)
+            dtype = self.precision.train_dtype
+            return Path(True, dtype, epilogue=epilogue, prefill=fused_encoding and dtype is not None)
         direct = (self.skip_write or ("copy" if cuda else "direct")) == "direct"
         return Path(False, self.precision.inference_dtype, fused=self.fused, pad_k=self.pad_k,
-                    compose_head=self.compose_head, skip_direct=direct)
+                    compose_head=self.compose_head, skip_direct=direct,
+                    prefill=fused_encoding and self.fused and self.pad_k)

@@ -34,6 +34,23 @@ class LayerTap(NamedTuple):
     u: torch.Tensor
 
 
+class EncodedInput(NamedTuple):
+    """Encoded positions already written into the padded trunk's input buffer (`NeRF.encoded_input`):
+    buf [M, pad_c + W] = [gamma(x), 0, (room for the skip activation)], lead = the points' leading shape,
+    channels = the encoding's width (`shape` and `dtype` read like the encoded tensor's)."""
+    buf: torch.Tensor
+    lead: torch.Size
+    channels: int
+
+    @property
+    def shape(self):
+        return torch.Size((*self.lead, self.channels))
+
+    @property
+    def dtype(self):
+        return self.buf.dtype
+
+
 class FieldOutput(NamedTuple):
     rgb_logits: Optional[torch.Tensor]    # [..., 3] pre-sigmoid colour (None: colour=False)
     sigma_raw: torch.Tensor               # [...]    pre-ReLU density
@@ -148,7 +165,7 @@ class NeRF(nn.Module):
             return self.forward_mixed(x_enc, d_enc, path.dtype, features, epilogue=path.epilogue, colour=colour,
                                       trunk=trunk)
         h = self.trunk(x_enc, path)
-        fast = not path.grad and path.fused and x_enc.dim() >= 2
+        fast = not path.grad and path.fused and (isinstance(x_enc, EncodedInput) or x_enc.dim() >= 2)
         half = h.dtype != self.alpha_linear.weight.dtype           # the half engine (no autograd)
         keep = h if trunk else None
         if not colour:
@@ -165,10 +182,36 @@ class NeRF(nn.Module):
     def trunk(self, x_enc, path: Path = REFERENCE):
         """W-d trunk features [..., W] of encoded positions [..., input_ch] (paths in the
         parameters' dtype or the half engine; the 16-bit training pass is `forward_mixed`'s)."""
+        if isinstance(x_enc, EncodedInput):
+            return self._trunk_padded(None, path.skip_direct, x_enc)
         fast = not path.grad and path.fused and x_enc.dim() >= 2
         if (fast and path.pad_k) or x_enc.dtype != self.pts_linears[0].weight.dtype:
             return self._trunk_padded(x_enc, path.skip_direct)
         return self._trunk_layered(x_enc, path.epilogue, fast)
+
+    def padded_input(self, encoder, pts, dtype):
+        """The zero-padded encoded input of `forward_mixed` ([..., input_ch rounded up to a multiple of
+        8] in the 16-bit `dtype`), written by `encoder` (encode_into) without an encoded float32 copy,
+        a cast and a pad of its own: the same values as F.pad(encoder(pts).to(dtype), ...)."""
+        c = self.input_ch
+        x = pts.reshape(-1, pts.shape[-1])
+        buf = x.new_empty((x.shape[0], c + (-c) % 8), dtype=dtype)
+        encoder.encode_into(x, buf[:, :c])
+        buf[:, c:] = 0
+        return buf.reshape(*pts.shape[:-1], buf.shape[-1])
+
+    def encoded_input(self, encoder, pts, dtype):
+        """EncodedInput of points pts [..., 3]: the padded trunk's input buffer in `dtype` with the
+        position encoding written into it by `encoder` (models.encoding.PositionalEncoding.encode_into:
+        no encoded copy, cast or concatenation of its own). Same values as encoding, casting and
+        `_trunk_padded`'s copy (tests/test_fused_inference.py)."""
+        c, W = self.input_ch, self.W
+        pad_c = c + (-c) % 8
+        x = pts.reshape(-1, pts.shape[-1])
+        buf = x.new_empty((x.shape[0], pad_c + (W if self.skips else 0)), dtype=dtype)
+        encoder.encode_into(x, buf[:, :c])
+        buf[:, c:pad_c] = 0       # zero weights times uninitialised memory could give NaN
+        return EncodedInput(buf, pts.shape[:-1], c)
 
     def density(self, x_enc, path: Path = REFERENCE):
         """Raw density only (the coarse pass of an image render needs nothing else)."""
@@ -197,7 +240,7 @@ class NeRF(nn.Module):
             return torch.cat((F.pad(w[:, :c], (0, pad)), w[:, c:]), dim=1)
         return w
 
-    def _trunk_padded(self, x_enc, direct):
+    def _trunk_padded(self, x_enc, direct, encoded=None):
         """The trunk without autograd, in x_enc's dtype (the half engine's, or the parameters'):
         fused GEMM+bias+ReLU layers on weights cast to it.
 
@@ -209,14 +252,20 @@ class NeRF(nn.Module):
         the layer before a skip writes its activation into the last W columns
         (`_relu_linear_into`), and the layer after reads the whole buffer as its K = pad_c + W
         input. This replaces an F.pad of the input and a [M, pad_c + W] torch.cat per skip.
-        direct: the layer before a skip writes into the buffer in place (`_relu_linear_into`)."""
-        c, W, dt = self.input_ch, self.W, x_enc.dtype
+        direct: the layer before a skip writes into the buffer in place (`_relu_linear_into`).
+        encoded: an EncodedInput whose buffer already holds the encoded input (x_enc is then None)."""
+        c, W = self.input_ch, self.W
         pad_c = c + (-c) % 8
         last = len(self.pts_linears) - 1
-        x = x_enc.reshape(-1, c)
-        buf = x.new_empty((x.shape[0], pad_c + (W if self.skips else 0)))
-        buf[:, :c] = x
-        buf[:, c:pad_c] = 0       # zero weights times uninitialised memory could give NaN
+        if encoded is None:
+            dt, lead = x_enc.dtype, x_enc.shape[:-1]
+            x = x_enc.reshape(-1, c)
+            buf = x.new_empty((x.shape[0], pad_c + (W if self.skips else 0)))
+            buf[:, :c] = x
+            buf[:, c:pad_c] = 0       # zero weights times uninitialised memory could give NaN
+        else:
+            buf, lead, _ = encoded
+            dt, x = buf.dtype, buf[:, :c]
         h = buf[:, :pad_c]
         for i, layer in enumerate(self.pts_linears):
             w = self._padded_weight(i, pad_c - c).to(dt)
@@ -228,7 +277,7 @@ class NeRF(nn.Module):
                 h = torch._addmm_activation(layer.bias.to(dt), h, w.t())
         if last in self.skips:    # as the layered trunk (no head takes this width)
             h = torch.cat((x, h), dim=-1)
-        return h.reshape(*x_enc.shape[:-1], h.shape[-1])
+        return h.reshape(*lead, h.shape[-1])
 
     def _composed_head(self, h, view_term):
         """(sigma_raw, logits, h128) without autograd: feature_linear has no activation, so
@@ -256,11 +305,13 @@ class NeRF(nn.Module):
         losses and Jacobians (the rgb_linear inputs only with `features`; else rgb_features is
         None; the trunk output stays in `dtype`). The position input is zero-padded to a multiple
         of 8 channels (with zero weight columns: the same sums plus zeros) so that the first and
-        the skip layer are tensor-core aligned. epilogue: the layers as `_Linear`. Same function as
+        the skip layer are tensor-core aligned (x_enc may come padded already: `padded_input`).
+        epilogue: the layers as `_Linear`. Same function as
         `forward` up to the rounding of `dtype` (tests/test_precision.py)."""
         c, W = self.input_ch, self.W
         pad = (-c) % 8
-        x = F.pad(x_enc.to(dtype), (0, pad))
+        # an input already padded in `dtype` (the renderer's `padded_input`) is used as it is
+        x = x_enc if x_enc.shape[-1] == c + pad and x_enc.dtype == dtype else F.pad(x_enc.to(dtype), (0, pad))
         h = x
         for i, layer in enumerate(self.pts_linears):
             h = linear_train(h, self._padded_weight(i, pad).to(dtype), layer.bias.to(dtype), epilogue, relu=True)

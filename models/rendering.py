@@ -178,9 +178,15 @@ class Renderer(nn.Module):
         half = None if path.grad else path.dtype      # the half engine: cast in, outputs cast back
 
         def call(p, d):
-            x = self.pos_enc(p)
+            if path.prefill and path.grad:              # 16-bit training pass: encoded straight into its padded input
+                x = net.padded_input(self.pos_enc, p, path.dtype)
+            elif path.prefill:                          # encoded straight into the trunk's input buffer
+                x = net.encoded_input(self.pos_enc, p, half or p.dtype)
+            else:
+                x = self.pos_enc(p)
+                x = x if half is None else x.to(half)
             with torch.set_grad_enabled(net_grad):
-                out = net.field(x if half is None else x.to(half), d, path, features, colour, trunk=head is not None)
+                out = net.field(x, d, path, features, colour, trunk=head is not None)
             if half is not None:                        # d stays float32: the per-ray view term
                 out = FieldOutput(*(None if t is None or (k == 2 and not features) else t if k == 3 else t.to(p.dtype)
                                     for k, t in enumerate(out)))
@@ -200,7 +206,10 @@ class Renderer(nn.Module):
         per_call = self.rays_per_call(net, pts.shape[1])
         path = self.engine.path(torch.is_grad_enabled(), self.device)
         dt = (None if path.grad else path.dtype) or pts.dtype
-        return torch.cat([net.density(self.pos_enc(pts[i:i + per_call]).to(dt), path).to(pts.dtype)
+
+        def encoded(p):
+            return net.encoded_input(self.pos_enc, p, dt) if path.prefill and not path.grad else self.pos_enc(p).to(dt)
+        return torch.cat([net.density(encoded(pts[i:i + per_call]), path).to(pts.dtype)
                           for i in range(0, pts.shape[0], per_call)], 0)
 
     def render_rays(self, rays, train, keep_fine=False, generator=None, coarse_rgb=True, heads=None, colour=True,

@@ -8,9 +8,10 @@ step i the lr becomes 1e-3 * 0.1^(i / 500000); loss = mean cross-entropy over th
 pixels; `steps` steps (--agg_steps), each on one response set drawn uniformly at random, full
 batch. Only labelled pixels enter the batch (ignored pixels add nothing to the loss or its
 gradient); the set choices are drawn up front; on CUDA the steps run as CUDA graphs of 100 steps
-each (step counter, set choice and lr schedule on the device, fused Adam reading its lr from a
-device tensor) and the layers as models.nerf's `_Linear` (bias+ReLU in the GEMM epilogue, bias
-gradient as a GEMV); the CPU runs the eager ops. docs/PROPAGATION.md, decision 14, compares this
+each of propagation/aggregator_step.py's `AggregatorStep` (closed-form gradients, bias+ReLU in the
+GEMM epilogue, bias gradients as GEMVs, fused Adam reading its lr from a device tensor; step
+counter, set choice and lr schedule on the device); the CPU runs the eager ops (autograd and
+torch.optim.Adam), which tests/test_aggregator_step.py compares the step with. docs/PROPAGATION.md, decision 14, compares this
 with the original's loop.
 """
 import time
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.nerf import linear_train
+from propagation.aggregator_step import AggregatorStep
 
 LRATE = 1e-3
 LRATE_DECAY = 500e3
@@ -131,44 +133,27 @@ def _train_eager(model, x, y, choice, lrs, steps, bar, log_every, skip=3):
 
 
 def _train_graphed(model, x, y, choice, lrs, steps, bar, log_every, block=100, warmup=3):
-    """The same steps with the step counter, the set choice and the lr schedule on the device:
-    a few eager steps (on a side stream, as CUDA graphs require), then `block` steps per graph.
-    Returns (final loss, time of the first replay, seconds per step of the replays); without a
-    full block, the steps after the warm-up are the steady phase."""
+    """The same steps as `AggregatorStep` (closed-form gradients, fused Adam, the step counter, the
+    set choice and the lr schedule on the device): a few steps run directly (on a side stream, as
+    CUDA graphs require), then `block` steps per graph. Returns (final loss, time of the first
+    replay, seconds per step of the replays); without a full block, the steps after the warm-up are
+    the steady phase."""
     dev = x.device
-    lr_t = torch.tensor(LRATE, dtype=torch.float32, device=dev)
-    # fused: one kernel for all parameters instead of foreach's many small ones; it reads lr from
-    # lr_t at run time (also when replayed), and `capturable` lets step() pass capture's check
-    opt = torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), capturable=True, fused=True)
-    loss_fn = cross_entropy
-    step_t = torch.zeros(1, dtype=torch.long, device=dev)
-    last = torch.zeros((), dtype=torch.float32, device=dev)
-
-    def one():
-        xb = x.index_select(0, choice.index_select(0, step_t))[0]
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(xb), y)
-        loss.backward()
-        opt.step()
-        lr_t.copy_(lrs.index_select(0, step_t)[0])
-        step_t.add_(1)
-        last.copy_(loss.detach())
-
+    st = AggregatorStep(model, x, y, choice, lrs, LRATE)
     done = 0
     t_warm = time.time()
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
     with torch.cuda.stream(side):
         for _ in range(min(warmup, steps)):
-            one()
+            st.step(with_loss=True)
             done += 1
     torch.cuda.current_stream(dev).wait_stream(side)
     n_blocks = (steps - done) // block
     if n_blocks > 0:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            for _ in range(block):
-                one()
+            st.block(block)
     _sync(dev)
     t_steady, first = time.time(), done
     # capturing runs nothing: replay n_blocks times
@@ -179,18 +164,18 @@ def _train_graphed(model, x, y, choice, lrs, steps, bar, log_every, block=100, w
             bar.update(done - bar.n)
     _sync(dev)
     t_end = time.time()
-    if n_blocks == 0:       # no graph: the eager steps after the warm-up (or the warm-up itself)
+    if n_blocks == 0:       # no graph: the steps after the warm-up (or the warm-up itself)
         while done < steps:
-            one()
+            st.step(with_loss=True)
             done += 1
         _sync(dev)
         t_end = time.time()
     rate = (t_end - t_steady) / (done - first) if done > first else (t_steady - t_warm) / max(1, first)
     while done < steps:     # the remainder of the last block (not part of the steady rate)
-        one()
+        st.step(with_loss=done + 1 == steps)
         done += 1
     bar.update(done - bar.n)
-    return float(last), t_steady, rate
+    return float(st.loss), t_steady, rate
 
 
 @torch.no_grad()

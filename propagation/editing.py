@@ -27,7 +27,6 @@ decisions 1 and 23, compares this with the original.
 """
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -38,11 +37,13 @@ from models.render_views import render_chunk_size, write_renders
 from propagation.pixels import pixel_jacobians
 from propagation.responses import head_colour_deltas, perturbation_matrices, perturbed_weight, render_chunks
 from utils.atomic import write_json_atomic
+from utils.background import BackgroundWriter, HostCopy
 from utils.colormaps import depth_to_rgb
 from utils.image_io import to8b, write_png
 from utils.metrics import to_jsonable
 
 GROUP_BYTES = 256 << 20
+PENDING_BYTES = 1 << 30     # edited views copied to the host and waiting for the writers, at most about
 
 
 def gaussian_filter_nearest(x, sigma=1.0, truncate=4.0):
@@ -119,11 +120,14 @@ def perturb_gradient(opts, scene, renderer, rng):
     edits = [(j, ti) for j in range(n) for ti in range(len(edits_t))]
     group = max(1, GROUP_BYTES // (h * w * 3 * 4))
     dtype = renderer.fine.rgb_linear.weight.dtype
-    base = []            # per test view {rgb, depth, disp} on the CPU, from the first group's renders
-    # one render pass per test view and group of edits gives the unedited view and every edit
-    # of the group (deterministic renders); PNGs are written by the pool while the GPU renders on
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 4))) as pool:
-        futures = []
+    base = []            # per test view: HostCopy of its unedited rgb, depth, disp (the first group's renders)
+    # one render pass per test view and group of edits gives the unedited view and every edit of the
+    # group (deterministic renders); each view's results are copied to the host without a device sync
+    # and written by the pool while the GPU renders the next views (at most about PENDING_BYTES of
+    # edited views waiting)
+    workers = min(16, (os.cpu_count() or 4))
+    view_bytes = min(group, len(edits)) * h * w * 3 * 4
+    with BackgroundWriter(workers, max_pending=max(2, min(4 * workers, PENDING_BYTES // view_bytes))) as pool:
         for g0 in range(0, len(edits), group):
             chunk_edits = edits[g0:g0 + group]
             deltas = torch.stack([jac[j] * edits_t[ti] for j, ti in chunk_edits])          # t * J, float64
@@ -132,26 +136,19 @@ def perturb_gradient(opts, scene, renderer, rng):
                 rays = test_cams.image_rays(k, dev)
                 if edit.noisy:      # the original's training-mode renders: each render its own draw
                     if g0 == 0:
-                        base.append({key: v.cpu() for key, v in render_rgb(renderer, rays, chunk, True).items()})
+                        base.append(HostCopy(list(render_rgb(renderer, rays, chunk, True).values())))
                     edited = edited_colours(renderer, rays, M, chunk, True)
                 else:
                     edited, unedited = edited_colours_and_view(renderer, rays, M, chunk)
                     if g0 == 0:
-                        base.append({key: v.to("cpu", non_blocking=True) for key, v in unedited.items()})
-                edited = edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3).to("cpu", non_blocking=True)
-                if dev.type == "cuda":
-                    torch.cuda.current_stream(dev).synchronize()   # the non-blocking copies have landed
-                base_k = base[k]["rgb"].reshape(h, w, 3).clamp(0, 1)
-                for i, (j, ti) in enumerate(chunk_edits):
-                    folder = f"gradient_{ti}" if edit.t_iter else "gradient"
-                    path = os.path.join(save_dir, folder, f"perturbed_test_{j}")
-                    futures.append(pool.submit(write_edit, path, k, edited[i], base_k, edit.no_abs))
-        base_rgb = torch.stack([b["rgb"].reshape(h, w, 3).clamp(0, 1) for b in base])
-        futures.append(pool.submit(write_renders, os.path.join(save_dir, "unperturbed_test"), base_rgb,
-                                   torch.stack([b["depth"].reshape(h, w) for b in base]),
-                                   torch.stack([b["disp"].reshape(h, w) for b in base]), scene.near, scene.far))
-        for f in futures:
-            f.result()
+                        base.append(HostCopy([unedited["rgb"], unedited["depth"], unedited["disp"]]))
+                copy = HostCopy([edited.clamp(0, 1).reshape(len(chunk_edits), h, w, 3)])
+                pool.submit(write_edits, save_dir, k, copy, base[k], chunk_edits, edit.t_iter, edit.no_abs, h, w)
+        views = [b.get() for b in base]
+        write_renders(os.path.join(save_dir, "unperturbed_test"),
+                      torch.stack([v[0].reshape(h, w, 3).clamp(0, 1) for v in views]),
+                      torch.stack([v[1].reshape(h, w) for v in views]), torch.stack([v[2].reshape(h, w) for v in views]),
+                      scene.near, scene.far, pool=pool)
     seconds = time.perf_counter() - t0
     metrics = dict(mode="perturb_gradient", checkpoint=opts.ckpt_path, checkpoint_step=step,
                    training_view=int(scene.train.ids[view]), pixels=[divmod(int(p), w) for p in pix],
@@ -192,6 +189,15 @@ def edited_colours_and_view(renderer, rays, M, chunk):
         for k, v in view.items():
             v[i:i + b] = r[k]
     return out, view
+
+
+def write_edits(save_dir, k, copy, base, chunk_edits, t_iter, no_abs, h, w):
+    """Write test view k under every edit of a group (`write_edit`), once its host copies have landed."""
+    edited = copy.get()[0]
+    base_k = base.get()[0].reshape(h, w, 3).clamp(0, 1)
+    for i, (j, ti) in enumerate(chunk_edits):
+        folder = f"gradient_{ti}" if t_iter else "gradient"
+        write_edit(os.path.join(save_dir, folder, f"perturbed_test_{j}"), k, edited[i], base_k, no_abs)
 
 
 def write_edit(path, k, edited, base, no_abs):

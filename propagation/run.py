@@ -20,12 +20,14 @@ from propagation.export import export_classes, export_labels
 from propagation.pixels import all_rays, labelled_pixels, pixel_jacobians
 from propagation.responses import cumulative_mixers, mixing_matrix, perturbation_matrices, view_responses
 from propagation.testviews import TestPlan, propagate_views
+from utils.background import BackgroundWriter
 from utils.errors import InputError
 from utils.image_io import write_png
-from utils.label_outputs import (class_names, finish_metrics, scaled_labels, seed_class_confusion, split_name,
-                                 summary_line, valid_colour_map, view_set, write_view_outputs)
+from utils.label_outputs import (ViewOutputWriter, class_names, finish_metrics, scaled_labels, seed_class_confusion,
+                                 split_name, summary_line, valid_colour_map, view_set)
 
 MAX_SPATIAL_POINTS = 2048
+WRITERS = 4          # threads writing the test views' PNGs
 
 
 def aggregator_targets(labels, label_ids, num_classes):
@@ -113,21 +115,16 @@ def propagate(opts, scene, renderer, rng):
                                                rng, chunk)
     confusion = seed_class_confusion(num_classes, label_ids, dev) if scored else None
     confusion_wo = seed_class_confusion(num_classes, label_ids, dev) if (model is not None and scored) else None
-    res = propagate_views(renderer, test_cams, plan, confusion, confusion_wo, gt)
-    timings["test_views"] = res.seconds
-
-    # ---- outputs
-    t0 = time.perf_counter()
+    # ---- test views, their PNGs written by a background pool while the next views are computed
     out_dir = save_dir if kind == "2d" else os.path.join(save_dir, "test_render")
-    colours = valid_colour_map(scene, p.instance)
-    gt_np = gt.numpy() if gt is not None else None
-    labels = torch.stack(res.labels).cpu().numpy()
-    write_view_outputs(out_dir, labels, gt_np, colours, "", write_gt=kind == "3d",
-                       confidence=torch.stack(res.confidence).cpu().numpy())
-    if res.labels_wo:
-        write_view_outputs(out_dir, torch.stack(res.labels_wo).cpu().numpy(), gt_np, colours, "_wo",
-                           write_gt=False)
-    timings["writing"] = time.perf_counter() - t0
+    with BackgroundWriter(WRITERS) as pool:
+        outputs = ViewOutputWriter(out_dir, gt.numpy() if gt is not None else None,
+                                   valid_colour_map(scene, p.instance), kind == "3d", pool)
+        res = propagate_views(renderer, test_cams, plan, confusion, confusion_wo, gt, on_view=outputs.add)
+        timings["test_views"] = res.seconds
+        t0 = time.perf_counter()
+        outputs.finish()
+    timings["writing"] = time.perf_counter() - t0       # what was left to write after the last view
     timings["total"] = time.perf_counter() - t_start
 
     if export is not None:

@@ -1,8 +1,10 @@
 """Propagate to every test view: one render pass per view, responses of all directions from it,
 post-processing and labels on the device, confusion matrix accumulated on the device.
 
-Nothing is copied to the host inside the view loop (no per-view sync), so on CUDA the GPU runs
-ahead; label maps stay on the device until the loop ends and PNGs are written afterwards.
+Nothing waits for the device inside the view loop (no per-view sync), so on CUDA the GPU runs
+ahead; each view's label maps are handed to `on_view` (propagation/run.py: copied to the host
+asynchronously and written by a background pool while the next views are computed), or kept on
+the device until the loop ends.
 """
 import time
 from dataclasses import dataclass, field
@@ -108,12 +110,15 @@ def confidence_uint8(scores):
     return torch.round(confidence(scores) * 255).to(torch.uint8)
 
 
-def propagate_views(renderer, cameras, plan, confusion=None, confusion_wo=None, gt=None, progress=True):
+def propagate_views(renderer, cameras, plan, confusion=None, confusion_wo=None, gt=None, progress=True,
+                    on_view=None):
     """Label every view of `cameras` (models.cameras.Cameras, at the resolution to label).
 
     gt: [T, h, w] evaluation labels, or None (a scene without labels: no confusion); `confusion`
     (and `confusion_wo` for the plain argmax next to an aggregator) accumulate (gt, labels) per view
-    (utils.metrics.ConfusionAccumulator)."""
+    (utils.metrics.ConfusionAccumulator). on_view(i, labels, confidence, labels_wo): called with
+    each view's device tensors as soon as they are queued (utils.label_outputs.ViewOutputWriter
+    writes them while the next view is computed); the result then keeps no label maps."""
     dev = renderer.device
     height, width = cameras.height, cameras.width
     res = TestResult()
@@ -124,10 +129,14 @@ def propagate_views(renderer, cameras, plan, confusion=None, confusion_wo=None, 
                   dynamic_ncols=True, disable=not progress):
         rays = cameras.image_rays(i, dev, torch.float32)
         view = view_scores(renderer, rays, plan, height, width)
-        res.labels.append(view.labels)
-        res.confidence.append(confidence_uint8(view.scores))
-        if view.labels_wo is not None:
-            res.labels_wo.append(view.labels_wo)
+        conf = confidence_uint8(view.scores)
+        if on_view is not None:
+            on_view(i, view.labels, conf, view.labels_wo)
+        else:
+            res.labels.append(view.labels)
+            res.confidence.append(conf)
+            if view.labels_wo is not None:
+                res.labels_wo.append(view.labels_wo)
         if confusion is not None and gt_dev is not None:
             confusion.add(gt_dev[i], view.labels)
             if view.labels_wo is not None and confusion_wo is not None:

@@ -231,3 +231,86 @@ def test_cpu_renders_cap_the_points_per_call(monkeypatch):
     assert calls == [3000]
     for k in ("rgb", "depth"):
         assert torch.allclose(capped[k], whole[k], rtol=1e-5, atol=1e-6), (capped[k] - whole[k]).abs().max()
+
+
+@pytest.mark.parametrize("dtype,half", [(torch.float64, None), (torch.float32, None), (torch.float32, torch.float16),
+                                        (torch.float32, torch.bfloat16)])
+def test_encoding_into_the_trunk_buffer_equals_encode_then_copy(dtype, half):
+    """Engine.fused_encoding (the renderer writes the position encoding straight into the padded
+    trunk's input buffer, models.nerf.EncodedInput; on by default on CUDA) gives bit for bit the render of encoding,
+    casting and copying (its slow twin, fused_encoding=False), in the parameters' dtype and on the
+    half engine; and PositionalEncoding.encode_into equals the encoder's output cast."""
+    torch.manual_seed(6)
+    nets = [NeRF(W=64, D=6, skips=(1, 3)).to(dtype) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.2)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=13, n_importance=18, netchunk=77)).to(dtype)
+    precision = Precision("half", "the half engine", inference_dtype=half) if half else Precision("x", "")
+    rays = _rays(23, dtype)
+    slow = r.with_engine(Engine(precision=precision, fused_encoding=False))
+    fast = r.with_engine(Engine(precision=precision, fused_encoding=True))
+    assert fast.engine.path(False, "cpu").prefill and not slow.engine.path(False, "cpu").prefill
+    assert not Engine().path(False, "cpu").prefill and Engine().path(False, "cuda").prefill   # default: CUDA only
+    ref = slow.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    got = fast.render_chunked(rays, chunk=9, keys=("rgb", "depth", "acc"))
+    for k in ("rgb", "depth", "acc"):
+        assert torch.equal(got[k], ref[k]), k
+    with torch.no_grad():
+        pts = rays[:5, None, :3] + rays[:5, None, 3:6] * torch.linspace(0.5, 3.0, 7, dtype=dtype)[:, None]
+        a, b = slow.run_field(r.fine, pts, rays[:5, 8:11]), fast.run_field(r.fine, pts, rays[:5, 8:11])
+        for x, y in zip(a, b):
+            assert (x is None and y is None) or torch.equal(x, y)
+    enc = PositionalEncoding(10, input_scale=10.0)
+    x = torch.randn(40, 3, dtype=dtype)
+    out = torch.full((40, 70), 7.0, dtype=half or dtype)
+    enc.encode_into(x, out[:, :63])
+    assert torch.equal(out[:, :63], enc(x).to(out.dtype)) and (out[:, 63:] == 7).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+def test_encoding_into_the_buffer_on_cuda_is_bit_exact():
+    """The float16 engine on the GPU: the render with the encoding written into the buffer equals the
+    encode-cast-copy render bit for bit."""
+    torch.manual_seed(7)
+    nets = [NeRF(W=128) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.1)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=32, n_importance=64)).cuda()
+    rays = _rays(4096, torch.float32).cuda()
+    half = Precision("half", "the half engine", inference_dtype=torch.float16)
+    ref = r.with_engine(Engine(precision=half, fused_encoding=False)).render_chunked(rays, keys=("rgb", "depth"))
+    got = r.with_engine(Engine(precision=half)).render_chunked(rays, keys=("rgb", "depth"))
+    assert torch.equal(got["rgb"], ref["rgb"]) and torch.equal(got["depth"], ref["depth"])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA only"))])
+@pytest.mark.parametrize("train_dtype", [torch.bfloat16, torch.float16])
+def test_encoding_into_the_padded_training_input_equals_encode_cast_pad(train_dtype, device):
+    """16-bit training passes (--precision mixed: NeRF.forward_mixed): the renderer's padded input
+    written by the encoder (NeRF.padded_input) gives bit for bit the loss and every gradient of
+    encoding, casting and padding in forward_mixed (fused_encoding=False, the slow twin)."""
+    torch.manual_seed(8)
+    nets = [NeRF(W=32) for _ in range(2)]
+    for p in (p for n in nets for p in n.parameters()):
+        torch.nn.init.normal_(p, std=0.2)
+    r = Renderer(*nets, PositionalEncoding(10, input_scale=10.0), PositionalEncoding(4),
+                 RenderOptions(n_samples=8, n_importance=8)).to(device)
+    precision = Precision("mixed-like", "16-bit training passes", train_dtype=train_dtype)
+    rays = _rays(16, torch.float32).to(device)
+    results = []
+    for fused in (False, True):
+        e = r.with_engine(Engine(precision=precision, fused_encoding=fused))
+        assert e.engine.path(True, device).prefill == fused
+        for p in r.parameters():
+            p.grad = None
+        with torch.enable_grad():
+            out = e.render_rays(rays, train=False, keep_fine=True)
+            loss = out["rgb"].square().mean() + out["rgb_coarse"].square().mean()
+            loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in r.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)

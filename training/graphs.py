@@ -33,6 +33,7 @@ import torch
 
 from training.batching import Batch
 from training.objectives import CAPTURED, finish_logs
+from training.tb_logger import LogVector
 
 RING = 8                       # pinned index buffers in flight
 DEVICE_FRACTION = 0.25         # device copies of images / descriptors up to this share of free memory
@@ -111,6 +112,7 @@ class FastStep:
             elif st["step"].device != p.device:
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
         self.state_token = [id(opt.state[p]["exp_avg"]) for p in self.params]
+        self.state_dict_ref = opt.state
         self.exp_avgs = [opt.state[p]["exp_avg"] for p in self.params]
         self.exp_avg_sqs = [opt.state[p]["exp_avg_sq"] for p in self.params]
         self.steps = [opt.state[p]["step"] for p in self.params]
@@ -171,11 +173,14 @@ class FastStep:
             self.events[slot].record()
 
     def _check_state(self):
-        """Rebuild the state references if the optimizer state was replaced (e.g. a restore)."""
+        """Rebuild the state references if the optimizer state was replaced (e.g. a restore: the
+        optimizer's load_state_dict installs a new state dict, so the tensors are compared only then)."""
         opt = self.trainer.optimizer
-        if [id(opt.state[p].get("exp_avg")) for p in self.params] != self.state_token:
-            self.graphs.clear()
-            self._init_adam_state()
+        if opt.state is not self.state_dict_ref:
+            if [id(opt.state[p].get("exp_avg")) for p in self.params] != self.state_token:
+                self.graphs.clear()
+                self._init_adam_state()
+            self.state_dict_ref = opt.state
         if self.grads is not None:
             for p, g in zip(self.params, self.grads):
                 if p.grad is not g:          # an eager step in between set the grads to None
@@ -202,8 +207,7 @@ class FastStep:
         new_lr = t.learning_rate(step)
         for g in t.optimizer.param_groups:
             g["lr"] = new_lr
-        copy = vec.clone()
-        logs = {k: copy[i] for i, k in enumerate(keys)}
+        logs = LogVector(keys, vec.clone())         # the logger records the vector, not each scalar
         t.objective.after_step(step, logs)
         return logs, out
 

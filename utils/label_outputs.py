@@ -14,7 +14,8 @@ Per test view i (2D into <save_dir>/, 3D into <save_dir>/test_render/, as the or
 - 3D only: `<i>_gt_label.png`  the ground truth in the same encoding, void = 255 (65535 for
                             uint16);
 plus `vis_label<sfx>.mp4`. sfx = '' for the result, '_wo' for the plain argmax when an
-aggregator was trained. PNGs are written by a thread pool after the timed propagation.
+aggregator was trained. PNGs are written by a thread pool: propagation's while the next view is
+computed (`ViewOutputWriter`), the baseline's after its pass (`write_view_outputs`).
 docs/PROPAGATION.md, decision 16, lists how the original's files differ.
 """
 import hashlib
@@ -26,6 +27,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from utils.atomic import write_json_atomic, write_text_atomic
+from utils.background import HostCopy
 from utils.colormaps import colourise_labels, error_map, label_colormap
 from utils.image_io import write_png, write_video
 from utils.metrics import ConfusionAccumulator, metrics_table_markdown, to_jsonable
@@ -84,6 +86,30 @@ def _encoding(num_classes):
     return (np.uint8, 255) if num_classes <= 255 else (np.uint16, 65535)
 
 
+def write_view_files(out_dir, i, lab, gt, colours, suffix="", write_gt=False, confidence=None):
+    """The PNGs of view i (module doc): label map `lab` [H, W] (numpy ints), its ground truth `gt`
+    [H, W] (None: no error or GT maps), `confidence` [H, W] uint8 or None. Returns (written paths,
+    the colourised frame of the video)."""
+    dtype, void_code = _encoding(len(colours))
+    paths = [os.path.join(out_dir, f"{i}_label{suffix}.png")]
+    write_png(paths[-1], lab.astype(dtype))
+    vis = colourise_labels(lab, colours)
+    paths.append(os.path.join(out_dir, f"{i}_vis_label{suffix}.png"))
+    write_png(paths[-1], vis)
+    if confidence is not None:
+        paths.append(os.path.join(out_dir, f"{i}_confidence{suffix}.png"))
+        write_png(paths[-1], np.asarray(confidence, dtype=np.uint8))
+    if gt is None:
+        return paths, vis
+    paths.append(os.path.join(out_dir, f"{i}_error_map{suffix}.png"))
+    write_png(paths[-1], error_map(lab, gt))
+    if write_gt:
+        g = np.where(gt >= 0, gt, void_code).astype(dtype)
+        paths.append(os.path.join(out_dir, f"{i}_gt_label.png"))
+        write_png(paths[-1], g)
+    return paths, vis
+
+
 def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, workers=4, video=True,
                        confidence=None):
     """Write the per-view files of label maps `labels` [T, H, W] (numpy ints, evaluation ids)
@@ -91,35 +117,17 @@ def write_view_outputs(out_dir, labels, gt, colours, suffix="", write_gt=False, 
     error or GT maps). `confidence` [T, H, W] uint8 adds `<i>_confidence<sfx>.png`. Returns the
     list of written paths."""
     os.makedirs(out_dir, exist_ok=True)
-    dtype, void_code = _encoding(len(colours))
-    vis_frames = [None] * len(labels)
 
     def one(i):
-        lab = labels[i]
-        paths = [os.path.join(out_dir, f"{i}_label{suffix}.png")]
-        write_png(paths[-1], lab.astype(dtype))
-        vis = colourise_labels(lab, colours)
-        vis_frames[i] = vis
-        paths.append(os.path.join(out_dir, f"{i}_vis_label{suffix}.png"))
-        write_png(paths[-1], vis)
-        if confidence is not None:
-            paths.append(os.path.join(out_dir, f"{i}_confidence{suffix}.png"))
-            write_png(paths[-1], np.asarray(confidence[i], dtype=np.uint8))
-        if gt is None:
-            return paths
-        paths.append(os.path.join(out_dir, f"{i}_error_map{suffix}.png"))
-        write_png(paths[-1], error_map(lab, gt[i]))
-        if write_gt:
-            g = np.where(gt[i] >= 0, gt[i], void_code).astype(dtype)
-            paths.append(os.path.join(out_dir, f"{i}_gt_label.png"))
-            write_png(paths[-1], g)
-        return paths
+        return write_view_files(out_dir, i, labels[i], None if gt is None else gt[i], colours, suffix, write_gt,
+                                None if confidence is None else confidence[i])
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        written = [p for ps in pool.map(one, range(len(labels))) for p in ps]
-    if video and len(vis_frames):
+        done = list(pool.map(one, range(len(labels))))
+    written = [p for ps, _ in done for p in ps]
+    if video and done:
         path = os.path.join(out_dir, f"vis_label{suffix}.mp4")
-        if write_video(path, vis_frames):
+        if write_video(path, [vis for _, vis in done]):
             written.append(path)
     return written
 
@@ -137,6 +145,45 @@ def view_set(split, ids, height, width):
     text = f"{','.join(map(str, ids))}@{int(height)}x{int(width)}"
     return dict(split=split, ids=ids, count=len(ids), resolution=[int(height), int(width)],
                 digest=hashlib.sha1(text.encode()).hexdigest()[:16])
+
+
+class ViewOutputWriter:
+    """`write_view_outputs` one view at a time, while the next view is computed: `add` takes a view's
+    label maps as device tensors, copies them to the host without a sync and has `pool` (a
+    utils.background.BackgroundWriter) write its PNGs; `finish` writes the videos once every view
+    is written. The same files as `write_view_outputs` over all views (tests/test_background_writes.py)."""
+
+    def __init__(self, out_dir, gt, colours, write_gt, pool):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir, self.gt, self.colours, self.write_gt, self.pool = out_dir, gt, colours, write_gt, pool
+        self.frames = {"": [], "_wo": []}
+
+    def add(self, i, labels, confidence=None, labels_wo=None):
+        """View i: labels [H, W] (and the plain argmax next to an aggregator, `labels_wo`), confidence
+        [H, W] uint8; tensors on any device."""
+        copy = HostCopy([t for t in (labels, confidence, labels_wo) if t is not None])
+        gt = None if self.gt is None else self.gt[i]
+
+        def write():
+            host = iter(copy.get())
+            lab = next(host).numpy()
+            conf = next(host).numpy() if confidence is not None else None
+            out = [write_view_files(self.out_dir, i, lab, gt, self.colours, "", self.write_gt, conf)[1]]
+            if labels_wo is not None:
+                out.append(write_view_files(self.out_dir, i, next(host).numpy(), gt, self.colours, "_wo")[1])
+            return out
+
+        f = self.pool.submit(write)
+        self.frames[""].append((f, 0))
+        if labels_wo is not None:
+            self.frames["_wo"].append((f, 1))
+
+    def finish(self):
+        """The videos vis_label.mp4 (and vis_label_wo.mp4), once every view's PNGs are written."""
+        for suffix, frames in self.frames.items():
+            if frames:
+                vis = [f.result()[k] for f, k in frames]
+                self.pool.submit(write_video, os.path.join(self.out_dir, f"vis_label{suffix}.mp4"), vis)
 
 
 def finish_metrics(save_dir, metrics, wo=None, names=None, title="propagation"):
