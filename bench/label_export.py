@@ -46,7 +46,8 @@ def make_capture(work, frames, width, height):
     have = None
     if os.path.isfile(marker):
         with open(marker) as f:
-            have = {k: json.load(f).get(k) for k in want}
+            info = json.load(f)
+        have = {k: info.get(k) for k in want}
     if have != want:
         write_capture(cap, os.path.join(work, "capture_ground_truth"), frames, width, height, dino=False,
                       supersample=1, stats=False)

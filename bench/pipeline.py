@@ -249,7 +249,9 @@ def main():
     stages = {
         "plain": [*common, "--save_dir", f"{W}/plain{T}", "--N_iters", str(a.plain_steps)]
         + (["--N_rays", "256"] if a.small else []),
-        "shape": [*common, *PAPER_SHAPING, "--save_dir", f"{W}/shape{T}", "--ckpt_path", plain_ckpt,
+        # shaping trains in fp16 under mixed: its float16 training passes are unchecked (refused)
+        "shape": [*common, *(["--precision", "fp16"] if a.precision == "mixed" else []), *PAPER_SHAPING,
+                  "--save_dir", f"{W}/shape{T}", "--ckpt_path", plain_ckpt,
                   "--N_iters", str(a.shape_steps)],
         "3d_sparse": [*common, *prop, "--label_propagation", "--partial_perc", "0",
                       *(["--load_saved", "--seed_dir", f"{W}/p3s/seeds"] if T else ["--visualise_save"]),

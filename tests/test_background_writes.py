@@ -130,6 +130,7 @@ def test_background_writes_on_cuda(tmp_path):
     assert got[0].device.type == "cpu" and got[0].is_pinned() and torch.equal(got[0], t.cpu())
     renderer = tiny_renderer(dtype=torch.float32).cuda()
     cams = _cameras()
+    cams = Cameras(cams.poses.float(), cams.intrinsics, cams.height, cams.width, cams.near, cams.far)
     gt = torch.rand(len(cams), cams.height, cams.width, 3, generator=torch.Generator().manual_seed(0))
     bg = render_views(renderer, cams, gt, str(tmp_path / "bg"), progress=False, writers=3)
     fg = render_views(renderer, cams, gt, str(tmp_path / "fg"), progress=False, writers=0)
