@@ -246,7 +246,7 @@ def ablation_jobs(out_dir, config, sizes):
                 shapes.append(Job(Stage(
                     "jnerf", f"seed {seed}: {name}: shaping", train_dir,
                     common + ["--save_dir", train_dir, "--ckpt_path", plain_ckpt, "--N_iters", str(sizes["shape_iters"])]
-                    + list(PAPER) + list(v.flags) + lr + sizes["shape_flags"],
+                    + list(PAPER) + lr + sizes["shape_flags"] + list(v.flags),   # the row's flags win
                     [ckpt, os.path.join(train_dir, "metrics.json")], config, deps=[plain_dir],
                     steps=sizes["shape_iters"]), (plain_dir,)))
             psnr = os.path.join(base, "psnr")
