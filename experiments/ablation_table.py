@@ -15,26 +15,18 @@ ablation.md: the table (mean, then the seeds' values), what each row isolates. a
 bar per row (the mean) and a dot per seed, for PSNR, 2D and 3D mIoU (matplotlib when installed,
 else drawn with OpenCV).
 """
-import json
 import math
 import os
 
 import cv2
 import numpy as np
 
+from experiments.layout import read_json
 from utils.atomic import write_json_atomic, write_text_atomic
 from utils.image_io import write_png
 
 METRICS = (("psnr", "test PSNR (dB)"), ("delta_psnr", "PSNR vs plain (dB)"), ("miou_2d", "2D mIoU (%)"),
            ("miou_3d", "3D mIoU (%)"))
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _num(v, scale=1.0):
@@ -47,9 +39,9 @@ def _mean(values):
 
 def _cell(base):
     """One seed's values of one row (its folder `base`)."""
-    psnr = _read(os.path.join(base, "psnr", "metrics.json")) or {}
-    prop = {d: _read(os.path.join(base, f"propagate_{d}", "metrics.json")) or {} for d in ("2d", "3d")}
-    train = _read(os.path.join(base, "train", "metrics.json")) or {}
+    psnr = read_json(os.path.join(base, "psnr", "metrics.json")) or {}
+    prop = {d: read_json(os.path.join(base, f"propagate_{d}", "metrics.json")) or {} for d in ("2d", "3d")}
+    train = read_json(os.path.join(base, "train", "metrics.json")) or {}
     start = train.get("fine_tune") or {}
     views = dict(psnr=psnr.get("test_views"), psnr_scored=len(psnr.get("test_psnr_per_view") or []) or None,
                  propagate_2d=prop["2d"].get("test_views"), propagate_3d=prop["3d"].get("test_views"))

@@ -23,14 +23,13 @@ from its own propagation records, else from those of the calibration runs' scene
 Processes share the scenes as the launcher does (experiments/launch.py: scenes i, i + n, ...).
 """
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import main as jnerf_main
 from experiments.launch import device_flags, my_scenes
-from experiments.layout import scene_dir
+from experiments.layout import read_json, scene_dir
 from experiments.plan import TRAINING_KINDS
 from experiments.stages import MARKER, prepare_scene, run_stage, scene_stages, stage_done
 from utils.errors import InputError
@@ -62,21 +61,13 @@ class Row:
     done: bool                            # complete already (a run would skip it)
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def recorded_rate(stage):
     """The Rate in the stage folder's metrics.json, or None (no file, or no step / view timed)."""
     path = os.path.join(stage.save_dir, "metrics.json")
-    m = _read_json(path)
+    m = read_json(path)
     if not isinstance(m, dict):
         return None
-    marker = _read_json(os.path.join(stage.save_dir, MARKER))   # written after this metrics.json, same run
+    marker = read_json(os.path.join(stage.save_dir, MARKER))   # written after this metrics.json, same run
     wall = marker.get("seconds") if isinstance(marker, dict) else None
     if stage.kind in TRAINING_KINDS:
         rate, steps = m.get("steady_seconds_per_step") or m.get("seconds_per_step"), int(m.get("steps") or 0)

@@ -6,6 +6,7 @@
     <out_dir>/<scene>/<label space>/<regime>/semantic_<joint|finetune>/semantic_<dim>/metrics.json
     <out_dir>/results.md, results.json, miou_vs_sparsity.png, timings/process_<i>.json
 """
+import json
 import os
 import re
 
@@ -46,3 +47,23 @@ def cell_metrics(out_dir, scene_name, space, regime_name, method, dim):
     if method == "plain" or method in SHAPING_METHODS:
         return os.path.join(base, f"propagate_{dim}_{method}", "metrics.json")
     return os.path.join(base, method, f"semantic_{dim}", "metrics.json")
+
+
+def read_json(path):
+    """The JSON of `path`, or None when it is missing or unreadable (a stage not finished, or cut
+    while writing)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def merge_into(dst, src):
+    """Merge mapping `src` into `dst` in place, section by section (YAML config overrides); returns dst."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge_into(dst[k], v)
+        else:
+            dst[k] = v
+    return dst

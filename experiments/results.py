@@ -21,14 +21,13 @@ metric. miou_vs_sparsity.png: mean mIoU against the labelled fraction of the tra
 (log scale), one line per method, one panel per label space and dimension (drawn with OpenCV).
 """
 import glob
-import json
 import math
 import os
 
 import cv2
 import numpy as np
 
-from experiments.layout import METHODS, METRIC_NAMES, cell_metrics, seed_dir
+from experiments.layout import METHODS, METRIC_NAMES, cell_metrics, read_json, seed_dir
 from utils.atomic import write_json_atomic, write_text_atomic
 from utils.errors import InputError
 from utils.image_io import read_label_png, write_png
@@ -38,14 +37,6 @@ COLOURS = {"plain": (120, 120, 120), "jnerf": (214, 39, 40), "semantic_joint": (
            "semantic_finetune": (44, 160, 44), "jnerf_keep": (255, 127, 14)}
 
 
-def _read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _pct(m, key):
     v = m.get(key) if isinstance(m, dict) else None
     return None if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) else 100.0 * float(v)
@@ -53,7 +44,7 @@ def _pct(m, key):
 
 def labelled_fraction(folder):
     """Labelled training pixels / all training pixels of a saved seed folder, or None."""
-    info = _read(os.path.join(folder, "seeds.json"))
+    info = read_json(os.path.join(folder, "seeds.json"))
     if not info:
         return None
     total = int(info["num_train"]) * int(info["height"]) * int(info["width"])
@@ -129,7 +120,7 @@ def collect_results(plan):
                     seen_row = seen[METHODS[method]] = {}
                     for regime in plan.regimes:
                         path = cell_metrics(plan.out_dir, scene.name, space, regime.name, method, dim)
-                        m = _read(path) if space in scene.label_spaces else None
+                        m = read_json(path) if space in scene.label_spaces else None
                         if m is not None:
                             check_cell(m, path, space, scene.name, digests)
                         if m is None:

@@ -29,7 +29,7 @@ import yaml
 from datasets.synthetic import generate_scene, scene_complete
 from experiments.ablation_table import collect, write_outputs
 from experiments.jobs import Job, run_jobs
-from experiments.layout import KEEP_FLAGS, slug
+from experiments.layout import KEEP_FLAGS, merge_into, slug
 from experiments.stages import Stage
 from utils.atomic import write_text_atomic
 from utils.errors import InputError, run_cli
@@ -153,15 +153,6 @@ def load_sizes(sizes_file=None, overrides=None):
 
 # ---------------------------------------------------------------------------------- the scene
 
-def _merge(dst, src):
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-    return dst
-
-
 def scene_name(variant, dataset_dir):
     if dataset_dir:
         return os.path.basename(os.path.normpath(dataset_dir))
@@ -198,7 +189,7 @@ def prepare_scene(out_dir, sizes, variant=0, dataset_dir=None, config=None, data
     exp["dataset_dir"] = os.path.abspath(data)
     w, d = sizes["netwidth"], sizes["netdepth"]
     cfg.setdefault("model", {}).update(netdepth=d, netwidth=w, netdepth_fine=d, netwidth_fine=w)
-    _merge(cfg, json.loads(json.dumps(sizes["config_overrides"])))
+    merge_into(cfg, json.loads(json.dumps(sizes["config_overrides"])))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "config.yaml")
     text = yaml.safe_dump(cfg, sort_keys=False)

@@ -22,8 +22,8 @@ import yaml
 import main as jnerf_main
 from datasets.seeds import seed_folder_name
 from datasets.synthetic import generate_scene, scene_complete
-from experiments.layout import (DIMS, METHODS, SHAPING_METHODS, TRAINING_KINDS, cell_metrics, regime_dir, scene_dir,
-                                seed_dir)
+from experiments.layout import (DIMS, METHODS, SHAPING_METHODS, TRAINING_KINDS, cell_metrics, merge_into, read_json,
+                                regime_dir, scene_dir, seed_dir)
 from experiments.layout import slug as _slug
 from models.checkpoints import latest_checkpoint
 from utils.atomic import write_json_atomic, write_text_atomic
@@ -131,21 +131,13 @@ def _sha(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def identity(stage):
     """What a stage's markers record: its command (paths relative to the output folder), the
     scene config's hash, and per stage it reads a checkpoint of, that stage's own identity hash, so
     a changed plain NeRF stage reruns everything built on it."""
     deps = {}
     for d in stage.deps:
-        m = _read_json(os.path.join(d, MARKER)) or {}
+        m = read_json(os.path.join(d, MARKER)) or {}
         rel = os.path.relpath(d, stage.out_dir) if stage.out_dir else d
         deps[rel] = hashlib.sha256(json.dumps([m.get("argv"), m.get("config_sha"), m.get("deps")],
                                               sort_keys=True).encode()).hexdigest()[:16]
@@ -158,7 +150,7 @@ def _same(record, ident):
 
 def stage_done(stage):
     """The marker records this stage's identity, and every output exists."""
-    return _same(_read_json(os.path.join(stage.save_dir, MARKER)), identity(stage)) \
+    return _same(read_json(os.path.join(stage.save_dir, MARKER)), identity(stage)) \
         and all(os.path.isfile(p) for p in stage.outputs)
 
 
@@ -166,7 +158,7 @@ def stage_command(stage):
     """The argv to run now: resume an interrupted training stage of the same command, otherwise
     start over (--overwrite); seeds saved the first time (--visualise_save), read afterwards."""
     argv = list(stage.argv)
-    same = _same(_read_json(started_path(stage.save_dir)), identity(stage))
+    same = _same(read_json(started_path(stage.save_dir)), identity(stage))
     if stage.kind in TRAINING_KINDS and same and latest_checkpoint(stage.save_dir):
         out, skip = [], False
         for a in argv:                     # --resume takes the latest checkpoint of the stage's own folder
@@ -215,15 +207,6 @@ def run_stage(stage, device_flags=()):
 
 # ---------------------------------------------------------------------------------- scenes
 
-def _merge(dst, src):
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-    return dst
-
-
 def synthetic_params(plan, scene):
     """(generate_scene arguments, data folder) of a synthetic room."""
     params = dict(variant=0, frames=150, width=80, height=60, seed=0)
@@ -241,7 +224,7 @@ def scene_config(plan, scene, data):
     if scene.synthetic is not None:        # frames are loaded at the size they were generated at
         params, _ = synthetic_params(plan, scene)
         cfg.setdefault("experiment", {}).update(width=params["width"], height=params["height"])
-    _merge(cfg, json.loads(json.dumps(plan.config_overrides)))
+    merge_into(cfg, json.loads(json.dumps(plan.config_overrides)))
     cfg.setdefault("experiment", {})["dataset_dir"] = os.path.abspath(data)
     return cfg
 
