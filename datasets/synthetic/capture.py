@@ -26,7 +26,7 @@ import shutil
 import numpy as np
 
 from datasets import dino_io
-from datasets.synthetic.generate import COMPLETE_MARKER, generate_scene
+from datasets.synthetic.generate import COMPLETE_MARKER, generate_scene, prepare_out
 from utils.atomic import write_json_atomic
 from utils.errors import InputError
 
@@ -41,13 +41,8 @@ def default_gt_dir(out_dir):
 def _prepare(out_dir, gt_dir):
     if os.path.abspath(out_dir) == os.path.abspath(gt_dir):
         raise InputError(f"--gt_out {gt_dir} is the capture folder; the ground truth goes elsewhere")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"--out {out_dir} is a file, not a folder (name a new or existing folder)")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
-    for stale in [os.path.join(out_dir, COMPLETE_MARKER), os.path.join(out_dir, "transforms.json")] + \
+    prepare_out(out_dir)                   # the folder exists and holds no completion marker
+    for stale in [os.path.join(out_dir, "transforms.json")] + \
             glob.glob(os.path.join(out_dir, "images", "frame_*.png")) + \
             glob.glob(os.path.join(out_dir, "depth", "frame_*.png")) + \
             glob.glob(os.path.join(out_dir, "dino", "*")):

@@ -98,7 +98,7 @@ def _clear_old(out_dir):
         os.rmdir(os.path.join(out_dir, "dino"))
 
 
-def _prepare_out(out_dir):
+def prepare_out(out_dir):
     """Create `out_dir` (InputError if it is a file or cannot be made) and drop its marker."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"--out {out_dir} is a file, not a folder (name a new or existing folder)")
@@ -138,7 +138,7 @@ def generate_scene(out_dir, frames=DEFAULT_FRAMES, width=DEFAULT_WIDTH, height=D
     if supersample < 1 or supersample % 2 == 0:
         raise InputError(f"--supersample {supersample}: must be odd (labels come from the centre ray)")
     t0 = time.time()
-    _prepare_out(out_dir)
+    prepare_out(out_dir)
     _clear_old(out_dir)
     for folder, _, _ in _FOLDERS:
         if folder != "dino" or dino:
