@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets import dino_io
+from datasets.frames import image_size as header_size
 from datasets.frames import list_frames, read_png
 from datasets.nerfstudio import frame_order
 from datasets.scene import replica_split_ids
@@ -193,11 +194,7 @@ def image_size(path):
     """(width, height) from the header only (a capture frame: the size after resampling)."""
     if not isinstance(path, str):
         return (int(path.target[5]), int(path.target[4]))
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as exc:
-        raise InputError(f"{path}: unreadable rgb image ({exc.__class__.__name__}: {exc})") from exc
+    return header_size(path)
 
 
 def check_existing(out_dir, settings, done):

@@ -5,6 +5,7 @@ import re
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image
 
 from utils.errors import InputError
 
@@ -35,6 +36,15 @@ def read_png(path, kind):
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     return img
+
+
+def image_size(path):
+    """(width, height) of an image file from its header only; InputError naming an unreadable one."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
 
 
 def read_poses(path, count):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
+from datasets.frames import image_size
 from utils.errors import InputError
 
 SUPPORTED_MODELS = ("OPENCV", "PINHOLE")
@@ -137,7 +137,7 @@ def _frame(path, root, meta, fr, raw_index, index, model):
     c2w = _pose(path, where, fr.get("transform_matrix"))
     w, h = _value(path, meta, fr, where, "w"), _value(path, meta, fr, where, "h")
     if w is None or h is None:
-        w, h = _image_size(file_path)
+        w, h = image_size(file_path)
     w, h = int(w), int(h)
     if w < 1 or h < 1:
         raise InputError(f"{path}: {where}: image size w={w} h={h}: expected positive integers")
@@ -216,14 +216,6 @@ def _distortion(path, meta, fr, where, model):
         raise InputError(f"{path}: {where}: '{key}' = {values[key]} but camera_model PINHOLE has no distortion "
                          "(use camera_model OPENCV)")
     return coeffs
-
-
-def _image_size(path):
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as exc:
-        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__})") from None
 
 
 def _split_lists(path, meta, index_of):

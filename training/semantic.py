@@ -111,9 +111,6 @@ class SemanticObjective(PlainObjective):
                          "Train/Metric/semantic_accuracy": hits.sum() / labelled.sum().clamp(min=1)})
         return loss, logs, out
 
-    def device_bytes(self):
-        return self.labels.numel() * self.labels.element_size() if self.labels.device.type == "cpu" else 0
-
     # -- checkpoints: the heads under their own key ------------------------------------------
     def checkpoint_entries(self):
         state = semantic_state(*self.heads)
