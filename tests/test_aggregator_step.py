@@ -23,11 +23,11 @@ class _Bar:
         pass
 
 
-def _problem(dtype, n=300, sets=3, labels=5, steps=200, seed=0):
+def _problem(dtype, n=300, sets=3, labels=5, steps=200, seed=0, signal=0.3):
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, labels, (n,), generator=gen)
     x = torch.rand(sets, n, labels, generator=gen, dtype=torch.float64)
-    x[:, torch.arange(n), y] += 0.3                        # a learnable signal
+    x[:, torch.arange(n), y] += signal                     # a learnable signal
     choice = torch.from_numpy(np.random.default_rng(seed).integers(0, sets, size=steps))
     torch.manual_seed(seed)
     model = ResponseAggregator(labels).to(dtype)
@@ -136,7 +136,13 @@ def test_replayed_block_equals_the_uncaptured_block_on_cuda():
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
     assert float(sa.loss) == float(sb.loss)
-    targets = y.clone()
+    # the whole training, graphed against eager, on a problem whose labels are not ties: on the 0.3
+    # problem about 5 % of the pixels sit within float32 rounding of a tie, and the two paths' rounding
+    # (hand-written gradients vs autograd, amplified by Adam's division by the root of near-zero
+    # second moments) flipped 4.8 % of them on the H200 (95.2 % agreement) with the weights of each
+    # path's own block replay bit-equal above
+    _, x, y, _, _ = _problem(torch.float32, n=5000, steps=303, signal=1.0)
+    x, targets = x.to(dev), y.to(dev)
     graphed, _ = train_aggregator(x, targets, 5, 303, rng=np.random.default_rng(0), device=dev, progress=False)
     eager, _ = train_aggregator(x, targets, 5, 303, rng=np.random.default_rng(0), device=dev, progress=False,
                                 graphed=False)
