@@ -18,7 +18,6 @@ import torch
 from datasets.clicks import read_clicks, with_user_labels
 from datasets.registry import LOADERS, load_scene
 from models.checkpoints import check_checkpoint_path, check_networks, latest_checkpoint, load_checkpoint
-from models.engine import Engine
 from models.factory import build_renderer, select_device
 from models.jacobians import PARAMETER_SUBSETS, subset_flags
 from propagation.directions import DIRECTION_RULES
@@ -241,7 +240,7 @@ def run_mode(opts):
     if note:
         print(note, file=sys.stderr, flush=True)
     t1 = time.perf_counter()
-    renderer = build_renderer(opts.model, device, opts.precision, Engine(mlp_kernel=None if opts.mlp_kernel else False))
+    renderer = build_renderer(opts.model, device, opts.precision)
     step = preflight_checkpoint(opts, scene, renderer)
     if finished(opts, step):
         print(f"[jnerf] nothing to do: {opts.save_dir} holds a finished run (checkpoint at step {step}, N_iters "

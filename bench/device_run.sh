@@ -35,11 +35,6 @@
 #                    eager, previous graphed and device aggregator steps, fp32 and tf32 (about 1 min)
 #   startup          bench/startup.py: start-up of a stage uncached / cold / warm frame cache, frames and
 #                    frames + descriptors, 2 fresh processes each (about 1.5 min)               [scene]
-#   mlp_kernel       the fused Triton MLP: its CUDA test against the slow twin and the layered engine, then
-#                    bench/fused_mlp.py (the network alone, per launch configuration; about 1.5 min)
-#   kernel_check     bench/kernel_check.py --pipeline: the precision policy of the fused MLP on the pipeline's
-#                    runs (render PSNR, sparse 2D/3D labels and mIoU, with vs --no_mlp_kernel; after
-#                    `pipeline`; about 2 min)                                                    [scene]
 #   long_plain       bench/long_run.py: 50k plain steps through main.py, --precision mixed, a checkpoint
 #                    every 100 steps; the rate in 5k-step windows (about 6 min: a call of its own) [scene]
 # [scene]: the 900-frame 320x240 synthetic room of bench/pipeline.py in $WORK, generated on the CPU
@@ -80,8 +75,6 @@ step_command() {  # name -> "timeout command..." (words), or nothing for an unkn
     render_engine) echo 120 python bench/render_engine.py ;;
     aggregator_block) echo 150 python bench/aggregator_block.py ;;
     startup) echo 200 python bench/startup.py --work "$W" --repeats 2 ;;
-    mlp_kernel) echo 150 python bench/fused_mlp.py --with_test ;;
-    kernel_check) echo 240 python bench/kernel_check.py --pipeline "$W" ;;
     long_plain) echo 590 python bench/long_run.py --work "$W" --steps 50000 --timeout 480 ;;
   esac
 }
@@ -95,7 +88,7 @@ done
 
 SCENE=
 for spec in "$@"; do
-  case "${spec%% *}" in psnr|pipeline|startup|long_plain|semantic_precision|kernel_check)
+  case "${spec%% *}" in psnr|pipeline|startup|long_plain|semantic_precision)
     python bench/pipeline.py --work "$W" --prepare_only > "$OUT/scene.log" 2>&1 & SCENE=$!; break ;;
   esac
 done
@@ -103,7 +96,7 @@ done
 for spec in "$@"; do
   name=${spec%% *}; extra=; [ "$spec" != "$name" ] && extra=${spec#* }
   set -- $(step_command "$name"); t=$1; shift
-  case "$name" in psnr|pipeline|startup|long_plain|semantic_precision|kernel_check) [ -n "$SCENE" ] && { wait "$SCENE"; SCENE=; } ;; esac
+  case "$name" in psnr|pipeline|startup|long_plain|semantic_precision) [ -n "$SCENE" ] && { wait "$SCENE"; SCENE=; } ;; esac
   t0=$(date +%s); left=$(( DEADLINE - t0 )); [ "$left" -lt "$t" ] && t=$left
   if [ "$t" -le 5 ]; then echo "skipped: no time left" >> "$OUT/$name.log"; continue; fi
   echo "\$ $* $extra" >> "$OUT/$name.log"

@@ -7,8 +7,7 @@ with the renders (models/render_views.py).
 
 Variants (models.engine.Engine): `slow encoding` = fused_encoding off (the positions encoded,
 cast and copied into the trunk's input buffer: the slow twin), `default` = encoded straight into
-the buffer (on CUDA with the fused Triton MLP, models/fused_mlp.py), `layered GEMMs` = the default
-without the fused MLP (--no_mlp_kernel). Each row: median of --repeats renders of one view after a warm-up, and the largest
+the buffer. Each row: median of --repeats renders of one view after a warm-up, and the largest
 |rgb - slow twin| (0: the same arithmetic). On CUDA also: the points per network call (netchunk)
 and rays per render call swept around the config's (chunk sizes for the device: activation blocks
 that stay in L2 against launch counts), and the fp32 engine's render of the same weights as the
@@ -75,9 +74,6 @@ def main():
         variants = [("slow encoding (twin)", replace(base.engine, fused_encoding=False)),
                     ("encoding into the buffer" + (" (default)" if device.type == "cuda" else ""),
                      replace(base.engine, fused_encoding=True))]
-        if device.type == "cuda":           # the fused Triton MLP is the default there; its layered twin
-            variants.append(("layered GEMMs (--no_mlp_kernel)", replace(base.engine, fused_encoding=True,
-                                                                        mlp_kernel=False)))
         dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
         print(f"\ndevice: {dev_name}; precision {precision}; view {a.width}x{a.height}, 64 + 128 samples, "
               f"median of {a.repeats}\n")

@@ -6,7 +6,6 @@ nothing in the package calls them (tests/test_layers.py).
 """
 import torch
 
-from models import fused_mlp
 from models.jacobians import ray_scalar
 from models.rays import ray_points, unpack_rays
 from models.semantic import semantic_logits
@@ -56,29 +55,3 @@ def split_semantic_state(net_state):
     head = {k: v for k, v in net_state.items() if k.startswith(SEMANTIC_HEAD_PREFIX)}
     nerf = {k: v for k, v in net_state.items() if not k.startswith(SEMANTIC_HEAD_PREFIX)}
     return nerf, head
-
-
-def fused_mlp_field(net, x, view_term, samples, colour=True, features=True):
-    """(sigma_raw, logits, features) of M points as plain torch ops, layer by layer, with the
-    concatenated skip input: the same packed weights and float16 roundings (float32 sums of float16
-    products). Fast path: models.fused_mlp.field, the whole network in one Triton kernel."""
-    C, W, H = fused_mlp.input_width(net), net.W, net.W // 2
-    trunk, biases, head, head_b, alpha, alpha_b, rgb, rgb_b = fused_mlp.pack(net)
-    f32 = torch.float32
-    xin = x[:, :C].to(f32)
-    h, off = xin, 0
-    for i in range(net.D):
-        k = h.shape[1]
-        w = trunk[off:off + k * W].reshape(k, W).to(f32)
-        h = torch.relu(h @ w + biases[i].to(f32)).half().to(f32)
-        off += k * W
-        if i in net.skips:
-            h = torch.cat((xin, h), dim=1)
-    sigma = (h @ alpha.to(f32) + alpha_b).half()
-    if not colour:
-        return sigma, None, None
-    y = (h @ head.to(f32) + head_b.to(f32)).half()
-    v = view_term.repeat_interleave(samples, dim=0)[:x.shape[0]]
-    h128 = torch.relu(y.to(f32) + v.to(f32)).half()
-    logits = (h128.to(f32) @ rgb.to(f32) + rgb_b.to(f32)).half()[:, :3]
-    return sigma, logits, h128 if features else None

@@ -25,7 +25,6 @@ class Path(NamedTuple):
     pad_k: bool = False                     # no grad: the 63-d position input zero-padded to 64
     compose_head: bool = False              # no grad: alpha + feature + views.0 as one GEMM
     skip_direct: bool = False               # no grad: the layer before a skip writes into the buffer in place
-    kernel: bool = False                    # no grad, float16: the whole field in one Triton kernel (models.fused_mlp)
     prefill: bool = False                   # the renderer encodes positions straight into the pass's input buffer:
                                             # no grad, padded trunk: models.nerf.EncodedInput; grad with a 16-bit
                                             # dtype: the zero-padded input of NeRF.forward_mixed
@@ -46,9 +45,6 @@ class Engine:
                                             # those of the eager ops)
     fused_encoding: Optional[bool] = None   # inference, padded trunk: encode into the input buffer (same values);
                                             # None = on CUDA only (on the CPU the strided sin/cos writes were slower)
-    mlp_kernel: Optional[bool] = None       # inference, float16: the fused Triton MLP (models.fused_mlp) where it
-                                            # supports the network; None = on CUDA only (on the CPU Triton
-                                            # only interprets: the tests' twin check)
 
     def path(self, grad: bool, device) -> Path:
         """The evaluation of a pass with (grad) or without autograd on `device`."""
@@ -59,7 +55,6 @@ class Engine:
             dtype = self.precision.train_dtype
             return Path(True, dtype, epilogue=epilogue, prefill=fused_encoding and dtype is not None)
         direct = (self.skip_write or ("copy" if cuda else "direct")) == "direct"
-        dtype = self.precision.inference_dtype
-        kernel = (cuda if self.mlp_kernel is None else self.mlp_kernel) and dtype == torch.float16
-        return Path(False, dtype, fused=self.fused, pad_k=self.pad_k, compose_head=self.compose_head,
-                    skip_direct=direct, kernel=kernel, prefill=fused_encoding and self.fused and self.pad_k)
+        return Path(False, self.precision.inference_dtype, fused=self.fused, pad_k=self.pad_k,
+                    compose_head=self.compose_head, skip_direct=direct,
+                    prefill=fused_encoding and self.fused and self.pad_k)

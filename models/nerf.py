@@ -164,10 +164,6 @@ class NeRF(nn.Module):
         if path.grad and path.dtype is not None:
             return self.forward_mixed(x_enc, d_enc, path.dtype, features, epilogue=path.epilogue, colour=colour,
                                       trunk=trunk)
-        if path.kernel and not path.grad and not trunk:
-            out = self._kernel_field(x_enc, d_enc, colour, features)
-            if out is not None:
-                return out
         h = self.trunk(x_enc, path)
         fast = not path.grad and path.fused and (isinstance(x_enc, EncodedInput) or x_enc.dim() >= 2)
         half = h.dtype != self.alpha_linear.weight.dtype           # the half engine (no autograd)
@@ -222,37 +218,6 @@ class NeRF(nn.Module):
         return self.field(x_enc, None, path, colour=False).sigma_raw
 
     # -- the paths ---------------------------------------------------------------------------
-    def _kernel_field(self, x_enc, d_enc, colour, features):
-        """FieldOutput from the fused Triton kernel (models.fused_mlp), or None where it does not
-        apply (no Triton, another shape, an input buffer padded otherwise): the caller then runs
-        the layered half engine, which computes the same values up to summation order."""
-        from models import fused_mlp       # Triton's import only where the kernel path is taken
-        dt = x_enc.dtype
-        if not fused_mlp.supports(self, dt):
-            return None
-        C = fused_mlp.input_width(self)
-        if isinstance(x_enc, EncodedInput):
-            if x_enc.buf.shape[1] < C or x_enc.channels + (-x_enc.channels) % 8 != C:
-                return None
-            x, lead = x_enc.buf, x_enc.lead
-        else:
-            lead = x_enc.shape[:-1]
-            x = F.pad(x_enc.reshape(-1, x_enc.shape[-1]), (0, C - x_enc.shape[-1]))
-        if x.shape[0] == 0:
-            return None
-        view, samples = None, 1
-        if colour:
-            v = self.view_bias(d_enc).to(dt)
-            if len(lead) >= 2 and v.dim() == len(lead) + 1 and v.shape[-2] == 1 \
-                    and v.shape[:-2] == lead[:-1]:
-                view, samples = v.reshape(-1, v.shape[-1]), lead[-1]     # one view term per ray
-            else:
-                view = v.expand(*lead, v.shape[-1]).reshape(-1, v.shape[-1])
-        sigma, logits, feats = fused_mlp.field(self, x, view, samples, colour, features)
-        H = self.W // 2
-        return FieldOutput(None if logits is None else logits.reshape(*lead, 3), sigma.reshape(lead),
-                           None if feats is None else feats.reshape(*lead, H))
-
     def _trunk_layered(self, x_enc, epilogue=False, fused_relu=False):
         """The trunk layer by layer: with autograd as `_Linear` (epilogue) or the eager pair;
         without, optionally one fused GEMM+bias+ReLU call per layer (`linear_relu`)."""

@@ -93,8 +93,7 @@ def build_options(config: Mapping, options: Mapping[str, Option], modes: Mapping
 
     return RunOptions(mode=mode, save_dir=save_dir, data=data, model=model, train=train, ckpt_path=ckpt_path,
                       resume=resume, overwrite=overwrite, seed=seed, gpu=v.get("gpu"),
-                      precision=PRECISIONS[v.get("precision")], test_viz_factor=test_viz_factor,
-                      mlp_kernel=not v.get("no_mlp_kernel"), shaping=shaping,
+                      precision=PRECISIONS[v.get("precision")], test_viz_factor=test_viz_factor, shaping=shaping,
                       seeds=seeds, propagation=propagation, edit=edit, semantic=semantic, notes=notes,
                       config=config)
 

@@ -63,9 +63,6 @@ OPTIONS = option_table(
     _new("precision", str, DEFAULT_PRECISION, precision_help(), "run", choices=tuple(PRECISIONS)),
     _new("no_cuda_graph", B, False, "on CUDA, run every training step eagerly (otherwise each step is one "
          "CUDA-graph replay where the configuration allows it; same arithmetic, docs/PERFORMANCE.md)", "run"),
-    _new("no_mlp_kernel", B, False, "on CUDA with a float16 engine (--precision fp16 or mixed), evaluate renders and "
-         "propagation with layer-by-layer GEMMs instead of the fused Triton MLP (the same function up to "
-         "float16 rounding; docs/PERFORMANCE.md)", "run"),
     _flag("demo", B, False, "run the whole pipeline on the built-in synthetic scene", "run"),
     _key("experiment", "scene_file", str, None, "unused, kept for key compatibility", "run"),
     _key("experiment", "enable_depth", B, None, "unused, kept for key compatibility", "run"),

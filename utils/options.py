@@ -202,7 +202,6 @@ class RunOptions:
     gpu: str = declared("gpu")            # CUDA device index
     precision: Precision = declared("precision", PRECISIONS.__getitem__)   # what runs on CUDA (utils/precision.py)
     test_viz_factor: int = declared("test_viz_factor")   # down-scaling of test renders
-    mlp_kernel: bool = declared("no_mlp_kernel", lambda v: not v)   # the fused Triton MLP where it applies
     shaping: Optional[ShapingOptions] = None
     seeds: Optional[SeedOptions] = None
     propagation: Optional[PropagationOptions] = None
