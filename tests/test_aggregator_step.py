@@ -7,20 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.aggregator_block import Bar, Count      # the bench prints the operator counts this test asserts
 from propagation.aggregator import LRATE, ResponseAggregator, _train_eager, cross_entropy, lr_schedule
 from propagation.aggregator_step import AggregatorStep
-
-
-class _Bar:
-    n = 0
-
-    def update(self, k):
-        self.n += k
-
-    def set_postfix(self, **kw):
-        pass
 
 
 def _problem(dtype, n=300, sets=3, labels=5, steps=200, seed=0, signal=0.3):
@@ -58,7 +48,7 @@ def test_block_of_steps_equals_the_eager_loop(dtype, tol):
     steps = 200
     model, x, y, choice, lrs = _problem(dtype, steps=steps)
     eager_model = copy.deepcopy(model)
-    last, _, _ = _train_eager(eager_model, x, y, choice, lrs, steps, _Bar(), log_every=1)
+    last, _, _ = _train_eager(eager_model, x, y, choice, lrs, steps, Bar(), log_every=1)
     st = AggregatorStep(model, x, y, choice, lrs, LRATE)
     for _ in range(steps // 50):
         st.block(50)
@@ -74,23 +64,13 @@ def test_block_of_steps_equals_the_eager_loop(dtype, tol):
     assert float(st.lr) == pytest.approx(float(lrs[steps - 1]), rel=1e-6)
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_device_step_runs_fewer_operations():
     """Operators dispatched per step (each a kernel launch on CUDA): the closed-form step against
     the eager step (autograd, zero_grad, Adam); bench/aggregator_block.py prints both."""
     model, x, y, choice, lrs = _problem(torch.float32)
     st = AggregatorStep(model, x, y, choice, lrs, LRATE)
     st.step()
-    with _Count() as fast:
+    with Count() as fast:
         st.step()
     opt = torch.optim.Adam(model.parameters(), lr=LRATE, fused=True)
     step_t = torch.zeros(1, dtype=torch.long)
@@ -103,7 +83,7 @@ def test_the_device_step_runs_fewer_operations():
         opt.step()
         step_t.add_(1)
     eager()
-    with _Count() as slow:
+    with Count() as slow:
         eager()
     assert fast.ops < 0.75 * slow.ops, (fast.ops, slow.ops)
 
